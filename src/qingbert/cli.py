@@ -1,0 +1,153 @@
+"""``qingbert <verb>``: a thin command-line layer over the Python API.
+
+Each verb parses its flags and calls one API function; user errors
+(:class:`~qingbert.errors.QingbertError`) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import QingbertError
+
+# verb -> one-line help; later stages (pretrain, finetune, bench, distill, export,
+# speed, serve, index) register here the same way.
+VERBS = {
+    "zoo": "list the model zoo: shapes, parameter counts, hub ids",
+    "prepare": "text sources -> cleaned, deduplicated, segmented, WWM-ready packed shards",
+    "vocab": "build a BERT-style WordPiece vocabulary (vocab.txt + tokenizer.json)",
+    "demo": "run the pipeline on the built-in Chinese data",
+}
+
+
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="builtin:peoples-daily, builtin:reviews (optionally :dev/:test/:all), "
+                        ".txt (one text per line), .jsonl, .gz of those, or folders of them")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--text-field", default="text", help="field holding the text in .jsonl files (default: text)")
+    p.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep exact duplicate lines")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qingbert", description="轻BERT: small, fast Chinese language models.")
+    parser.add_argument("--version", action="version", version=f"qingbert {_version()}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    p = sub.add_parser("zoo", help=VERBS["zoo"], description=VERBS["zoo"])
+    p.add_argument("--json", action="store_true", help="print JSON records instead of a table")
+
+    p = sub.add_parser("prepare", help=VERBS["prepare"], description=VERBS["prepare"])
+    _add_source_args(p)
+    p.add_argument("--segmenter", default="rjieba",
+                   help="rjieba (default), jieba, ltp[:MODEL], gold (use the source's segmentation), char")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer folder or hub id (default: build a vocab from the corpus itself)")
+    p.add_argument("--vocab-size", type=int, default=8000, help="size of the vocab built when no --tokenizer")
+    p.add_argument("--max-seq-len", type=int, default=512)
+    p.add_argument("--no-pack", dest="pack", action="store_false", help="one text per sequence")
+    p.add_argument("--min-chars", type=int, default=2, help="drop texts shorter than this")
+    p.add_argument("--max-chars", type=int, default=None,
+                   help="cut longer lines at sentence ends (default: max-seq-len - 2)")
+    p.add_argument("--eval-fraction", type=float, default=0.01, help="share of texts held out for evaluation")
+    p.add_argument("--workers", type=int, default=0, help="worker processes (default: one per core)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing prepared folder")
+    p.add_argument("--config", default=None, help="YAML recipe with any of these options")
+
+    p = sub.add_parser("vocab", help=VERBS["vocab"], description=VERBS["vocab"])
+    _add_source_args(p)
+    p.add_argument("--size", type=int, default=8000, help="vocabulary size (default 8000, like CLUE's)")
+    p.add_argument("--min-frequency", type=int, default=2)
+    p.add_argument("--cased", action="store_true", help="keep case (default: lowercase, like Chinese BERT)")
+    p.add_argument("--heldout", type=float, default=0.01, help="share of texts held out to measure the UNK rate")
+
+    p = sub.add_parser("demo", help=VERBS["demo"], description=VERBS["demo"])
+    p.add_argument("--out", default="demo-output", help="where the demo writes its folders")
+    p.add_argument("--examples", type=int, default=4, help="sentences shown with their whole-word masks")
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _load_recipe(path: str | None) -> dict:
+    if not path:
+        return {}
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except OSError as e:
+        raise QingbertError(f"{path}: cannot read recipe ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        raise QingbertError(f"{where}: not valid YAML") from None
+    if not isinstance(data, dict):
+        raise QingbertError(f"{path}: a recipe must be a mapping of option: value")
+    return data
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.verb == "zoo":
+        from . import zoo
+
+        print(json.dumps(zoo.zoo_records(), ensure_ascii=False, indent=2) if args.json else zoo.zoo_table())
+    elif args.verb == "prepare":
+        from dataclasses import fields
+
+        from .prepare import PrepareConfig, prepare, prepare_summary
+
+        recipe = _load_recipe(args.config)
+        known = {f.name for f in fields(PrepareConfig)}
+        unknown = sorted(set(recipe) - known)
+        if unknown:
+            raise QingbertError(f"{args.config}: unknown option(s) {', '.join(unknown)}",
+                                hint="known: " + ", ".join(sorted(known)))
+        cfg = PrepareConfig(**recipe)
+        defaults = build_parser().parse_args(["prepare", "x", "--out", "x"])
+        for name in ("segmenter", "tokenizer", "vocab_size", "max_seq_len", "pack", "min_chars", "max_chars",
+                     "eval_fraction", "workers", "overwrite", "dedup", "text_field"):
+            value = getattr(args, name)
+            if value != getattr(defaults, name) or name not in recipe:  # flags beat the recipe
+                setattr(cfg, name, value)
+        m = prepare(args.sources, args.out, cfg)
+        print(prepare_summary(m))
+        print(f"wrote {args.out} (manifest.json lists what made it)")
+    elif args.verb == "vocab":
+        from .vocab import build_vocab, vocab_summary
+
+        r = build_vocab(args.sources, args.out, args.size, min_frequency=args.min_frequency, heldout=args.heldout,
+                        lowercase=not args.cased, text_field=args.text_field, dedup=args.dedup)
+        print(vocab_summary(r))
+        print(f"wrote {args.out}: vocab.txt, tokenizer.json (loads with transformers' BertTokenizer)")
+    elif args.verb == "demo":
+        from .demo import demo
+
+        demo(args.out, examples=args.examples)
+    else:
+        build_parser().print_help()
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except QingbertError as e:
+        print(f"qingbert: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("qingbert: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

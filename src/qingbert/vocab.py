@@ -1,0 +1,161 @@
+"""Vocabulary stage: a BERT-style WordPiece vocab for Chinese, built with HF ``tokenizers``.
+
+Chinese characters are single tokens (the BERT normalizer isolates them),
+Latin words are WordPiece pieces with ``##`` continuations, and the five BERT
+specials come first (``[PAD]`` = 0, ``[UNK]``, ``[CLS]``, ``[SEP]``, ``[MASK]``),
+like CLUE's 8 K vocabulary.  The output folder holds ``vocab.txt`` and
+``tokenizer.json`` (+ config) that plain ``transformers`` loads as
+``BertTokenizer`` / ``BertTokenizerFast`` / ``AutoTokenizer``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Iterable
+
+from .errors import QingbertError
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def train_vocab(texts: Iterable[str], size: int = 8000, *, min_frequency: int = 2,
+                lowercase: bool = True) -> dict[str, int]:
+    """Train a WordPiece vocabulary (token -> id) on cleaned texts."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    if size < len(SPECIALS) + 100:
+        raise QingbertError(f"vocab size {size} is too small", hint="use at least 105")
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIALS,
+        # keep room for Latin pieces; the most frequent characters win
+        limit_alphabet=int(size * 0.9),
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    vocab = tok.get_vocab()
+    if len(vocab) <= len(SPECIALS):
+        raise QingbertError("no text to build a vocabulary from")
+    return vocab
+
+
+def make_tokenizer(vocab: dict[str, int], *, lowercase: bool = True, model_max_length: int = 512):
+    """A transformers ``BertTokenizer`` (the fast one in transformers 5) over ``vocab``."""
+    from transformers import BertTokenizer
+
+    return BertTokenizer(vocab=dict(vocab), do_lower_case=lowercase, model_max_length=model_max_length)
+
+
+def save_tokenizer(tokenizer, out: str | Path) -> Path:
+    """``save_pretrained`` plus ``vocab.txt`` (transformers 5 no longer writes it; older loaders need it)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(out))
+    vocab = tokenizer.get_vocab()
+    ordered = sorted(vocab.items(), key=lambda kv: kv[1])
+    if [i for _, i in ordered] != list(range(len(ordered))):
+        raise QingbertError("vocabulary ids are not contiguous; cannot write vocab.txt")
+    tmp = out / "vocab.txt.tmp"
+    tmp.write_text("".join(t + "\n" for t, _ in ordered), encoding="utf-8")
+    tmp.replace(out / "vocab.txt")
+    return out
+
+
+def load_tokenizer(name_or_path: str):
+    """A fast BERT-style tokenizer from a folder (``tokenizer.json`` or only ``vocab.txt``) or hub id."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        from transformers import AutoTokenizer, BertTokenizer
+
+        if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
+            try:
+                return AutoTokenizer.from_pretrained(str(path))
+            except Exception as e:  # noqa: BLE001 - a broken folder; say which
+                raise QingbertError(f"{path}: cannot load tokenizer ({type(e).__name__}: {e})") from None
+        if (path / "vocab.txt").exists():
+            return BertTokenizer.from_pretrained(str(path))
+        raise QingbertError(f"{path}: no tokenizer.json or vocab.txt in this folder")
+    from . import zoo
+
+    return zoo.load_tokenizer(name_or_path)
+
+
+def unk_rate(backend, texts: Iterable[str], batch: int = 4096) -> tuple[float, int]:
+    """Share of [UNK] tokens when tokenizing ``texts``; returns (rate, tokens)."""
+    unk = backend.token_to_id("[UNK]")
+    n_unk = n_tok = 0
+    buf: list[str] = []
+
+    def flush():
+        nonlocal n_unk, n_tok
+        for enc in backend.encode_batch_fast(buf, add_special_tokens=False):
+            n_tok += len(enc.ids)
+            n_unk += enc.ids.count(unk)
+        buf.clear()
+
+    for t in texts:
+        buf.append(t)
+        if len(buf) >= batch:
+            flush()
+    if buf:
+        flush()
+    return (n_unk / n_tok if n_tok else 0.0), n_tok
+
+
+def build_vocab(sources: list[str], out: str | Path, size: int = 8000, *, min_frequency: int = 2,
+                heldout: float = 0.01, lowercase: bool = True, text_field: str = "text",
+                dedup: bool = True) -> dict:
+    """``qingbert vocab``: read and clean sources, train on all but a held-out slice, report UNK rate there."""
+    from . import corpus
+
+    t0 = time.time()
+    stats = corpus.Stats()
+    train, held = [], []
+    cut = int(heldout * 10000)
+    for text, _, h in corpus.clean_records(corpus.read_sources(sources, stats, text_field), stats,
+                                           dedup=dedup, min_chars=1, max_chars=10**9):
+        (held if int.from_bytes(h, "big") % 10000 < cut else train).append(text)
+    if not train:
+        raise QingbertError("no text in " + ", ".join(sources), hint=stats.summary())
+    vocab = train_vocab(train, size, min_frequency=min_frequency, lowercase=lowercase)
+    tokenizer = make_tokenizer(vocab, lowercase=lowercase)
+    rate, n_tok = unk_rate(tokenizer.backend_tokenizer, held)
+    out = save_tokenizer(tokenizer, out)
+    n_cjk = sum(1 for t in vocab if len(t) == 1 and corpus.is_cjk(t))
+    report = {
+        "stage": "vocab",
+        "sources": list(sources),
+        "vocab_size": len(vocab),
+        "requested_size": size,
+        "cjk_single_chars": n_cjk,
+        "wordpiece_continuations": sum(1 for t in vocab if t.startswith("##")),
+        "lowercase": lowercase,
+        "min_frequency": min_frequency,
+        "train_texts": len(train),
+        "heldout_texts": len(held),
+        "heldout_tokens": n_tok,
+        "heldout_unk_rate": round(rate, 6),
+        "corpus": stats.to_dict(),
+        "elapsed_s": round(time.time() - t0, 2),
+    }
+    from .manifest import write_manifest
+
+    write_manifest(out, report)
+    return report
+
+
+def vocab_summary(report: dict) -> str:
+    return (f"vocab: {report['vocab_size']:,} tokens ({report['cjk_single_chars']:,} Chinese characters, "
+            f"{report['wordpiece_continuations']:,} ## pieces); UNK rate on {report['heldout_texts']:,} "
+            f"held-out texts: {100 * report['heldout_unk_rate']:.3f}%")
+
+
+__all__ = ["train_vocab", "make_tokenizer", "save_tokenizer", "load_tokenizer", "unk_rate", "build_vocab",
+           "vocab_summary", "SPECIALS"]

@@ -1,0 +1,198 @@
+"""Whole-word-masking references: words -> token ids + which tokens belong to one word.
+
+The reference of a token is its *word id* inside its sequence: tokens with the
+same word id are masked together.  Special tokens (``[CLS]``, ``[SEP]``) and
+padding have word id ``-1`` and never belong to a word.  A Chinese word of n
+characters gives n tokens with one word id; a Latin word split into WordPiece
+pieces (``iphone`` -> ``ip ##hone``) and a digit run likewise share one id.
+
+Tokenization uses the real fast tokenizer (``tokenizers``) on each distinct
+word once and caches the result: for a pre-segmented input the tokenizer treats
+each word independently, so this gives exactly what
+``tokenizer(words, is_split_into_words=True)`` gives (a test checks it), at a
+fraction of the cost, because Chinese words repeat a lot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class WordTokenizer:
+    """Tokenize pre-segmented lines into ids and word-start flags, with a per-word cache."""
+
+    def __init__(self, backend, cache_size: int = 1_000_000):
+        self.backend = backend  # a tokenizers.Tokenizer
+        self.cache: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        self.cache_size = cache_size
+
+    def _word(self, w: str):
+        ids = tuple(self.backend.encode([w], is_pretokenized=True, add_special_tokens=False).ids)
+        entry = (ids, (1,) + (0,) * (len(ids) - 1) if ids else ())
+        if len(self.cache) >= self.cache_size:
+            self.cache.clear()
+        self.cache[w] = entry
+        return entry
+
+    def encode_words(self, words: list[str]) -> tuple[list[int], list[int]]:
+        """Token ids and word-start flags (1 = first token of a word) of one segmented line."""
+        ids: list[int] = []
+        starts: list[int] = []
+        cache = self.cache
+        for w in words:
+            entry = cache.get(w) or self._word(w)
+            ids.extend(entry[0])
+            starts.extend(entry[1])
+        return ids, starts
+
+    def encode_lines(self, lines: list[list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Flat ids (int32), word-start flags (uint8) and per-line token counts (int64)."""
+        ids: list[int] = []
+        starts: list[int] = []
+        lengths = np.empty(len(lines), dtype=np.int64)
+        cache = self.cache
+        for i, words in enumerate(lines):
+            n0 = len(ids)
+            for w in words:
+                entry = cache.get(w) or self._word(w)
+                ids.extend(entry[0])
+                starts.extend(entry[1])
+            lengths[i] = len(ids) - n0
+        return np.asarray(ids, dtype=np.int32), np.asarray(starts, dtype=np.uint8), lengths
+
+
+def word_ids_from_starts(starts: np.ndarray, special: np.ndarray) -> np.ndarray:
+    """Word ids of one sequence from word-start flags; special positions get -1."""
+    wid = np.cumsum(starts.astype(np.int32)) - 1
+    wid[special] = -1
+    return wid.astype(np.int32)
+
+
+@dataclass
+class Packed:
+    """Packed sequences as flat arrays: sequence i is ``ids[offsets[i]:offsets[i+1]]``."""
+
+    ids: np.ndarray
+    word_ids: np.ndarray
+    offsets: np.ndarray
+    hard_cuts: int = 0  # words cut because one word alone was longer than a sequence
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def sequence(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return self.ids[a:b], self.word_ids[a:b]
+
+
+def _pieces(starts: np.ndarray, a: int, b: int, room: int) -> tuple[list[tuple[int, int]], int]:
+    """Cut tokens [a, b) into pieces of at most ``room`` tokens at word starts."""
+    if b - a <= room:
+        return [(a, b)], 0
+    out, hard = [], 0
+    word_starts = a + np.flatnonzero(starts[a:b])
+    while b - a > room:
+        limit = a + room
+        # last word start in (a, limit]
+        k = np.searchsorted(word_starts, limit, side="right") - 1
+        cut = int(word_starts[k]) if k >= 0 and word_starts[k] > a else limit
+        if cut == limit and (k < 0 or word_starts[k] != limit):
+            hard += 1
+        out.append((a, cut))
+        a = cut
+    out.append((a, b))
+    return out, hard
+
+
+def pack(ids: np.ndarray, starts: np.ndarray, lengths: np.ndarray, max_seq_len: int,
+         cls_id: int, sep_id: int, concat: bool = True) -> Packed:
+    """Pack lines into ``[CLS] line [SEP] line [SEP] ...`` sequences of at most ``max_seq_len``.
+
+    Lines never share a word; a line longer than a sequence is cut at word starts
+    (only a single word longer than a sequence is cut inside).  With
+    ``concat=False`` each line (or piece) is its own sequence.
+    """
+    if max_seq_len < 4:
+        raise ValueError("max_seq_len must be at least 4")
+    room = max_seq_len - 2
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    pieces: list[tuple[int, int]] = []
+    hard = 0
+    for i in range(len(lengths)):
+        a, b = int(bounds[i]), int(bounds[i + 1])
+        if b > a:
+            ps, h = _pieces(starts, a, b, room)
+            pieces.extend(ps)
+            hard += h
+    # group pieces into sequences: 1 ([CLS]) + sum(len + 1 ([SEP]))
+    seqs: list[list[tuple[int, int]]] = []
+    cur: list[tuple[int, int]] = []
+    size = 1
+    for a, b in pieces:
+        n = b - a + 1
+        if cur and (not concat or size + n > max_seq_len):
+            seqs.append(cur)
+            cur, size = [], 1
+        cur.append((a, b))
+        size += n
+    if cur:
+        seqs.append(cur)
+    total = sum(b - a + 1 for s in seqs for a, b in s) + len(seqs)
+    out_ids = np.empty(total, dtype=np.int32)
+    out_starts = np.zeros(total, dtype=np.uint8)
+    special = np.zeros(total, dtype=bool)
+    offsets = np.empty(len(seqs) + 1, dtype=np.int64)
+    pos = 0
+    for si, seq in enumerate(seqs):
+        offsets[si] = pos
+        out_ids[pos] = cls_id
+        special[pos] = True
+        pos += 1
+        for a, b in seq:
+            n = b - a
+            out_ids[pos:pos + n] = ids[a:b]
+            out_starts[pos:pos + n] = starts[a:b]
+            out_starts[pos] = 1  # a piece always opens a new word
+            pos += n
+            out_ids[pos] = sep_id
+            special[pos] = True
+            pos += 1
+    offsets[-1] = pos
+    # word ids restart at 0 in each sequence
+    csum = np.cumsum(out_starts, dtype=np.int64)
+    base = np.concatenate([[0], csum[offsets[1:-1] - 1]]) if len(seqs) else np.zeros(0, dtype=np.int64)
+    seq_index = np.repeat(np.arange(len(seqs)), np.diff(offsets))
+    wid = (csum - base[seq_index] - 1).astype(np.int32)
+    wid[special] = -1
+    return Packed(out_ids, wid, offsets, hard)
+
+
+def sample_word_mask(word_ids: np.ndarray, rng: np.random.Generator, prob: float = 0.15) -> np.ndarray:
+    """Pick ``prob`` of the words of one sequence (at least one) and mask all their tokens."""
+    words = np.unique(word_ids[word_ids >= 0])
+    if len(words) == 0:
+        return np.zeros(len(word_ids), dtype=bool)
+    n = max(1, int(round(prob * len(words))))
+    chosen = rng.choice(words, size=n, replace=False)
+    return np.isin(word_ids, chosen)
+
+
+def show_masked(tokens: list[str], word_ids: np.ndarray, mask: np.ndarray) -> tuple[str, str]:
+    """Two display lines: words bracketed, and the masked version."""
+    grouped, masked = [], []
+    prev = None
+    for tok, wid, m in zip(tokens, word_ids, mask):
+        piece = tok[2:] if tok.startswith("##") else tok
+        if wid < 0:
+            grouped.append(f" {tok} ")
+            masked.append(f" {tok} ")
+            prev = None
+            continue
+        if wid != prev:
+            grouped.append("|")
+        grouped.append(piece)
+        masked.append("[MASK]" if m else piece)
+        prev = wid
+    return "".join(grouped).strip(), "".join(masked).strip()
