@@ -100,6 +100,7 @@ def _process_chunk(lines: list[str]) -> dict:
             continue
         to_segment.append((payload.replace(SEP_WORDS, ""), split, len(rows), gold))
         rows.append(None)  # filled below, keeps input order
+    dropped_before = _W["tok"].specials_dropped
     if to_segment:
         cut = _W["seg"]([t for t, _, _, _ in to_segment])
         for (_, split, row, gold), words in zip(to_segment, cut):
@@ -112,6 +113,7 @@ def _process_chunk(lines: list[str]) -> dict:
     out = {"f1": f1, "chars": sum(len(x) - 2 for x in lines)}
     for split, rows in by_split.items():
         ids, starts, lengths = _W["tok"].encode_lines(rows)
+        out["specials_dropped"] = _W["tok"].specials_dropped - dropped_before
         packed = pack(ids, starts, lengths, _W["max_seq_len"], _W["cls"], _W["sep"], concat=_W["pack"])
         out[split] = {
             "ids": packed.ids, "word_ids": packed.word_ids, "offsets": packed.offsets,
@@ -215,7 +217,6 @@ def _chunks(path: Path, chunk_chars: int):
 def prepare(sources: list[str], out: str | Path, config: PrepareConfig | None = None, **overrides) -> dict:
     """Turn text sources into WWM-ready packed shards in ``out``; returns the manifest."""
     from .segment import get_segmenter
-    from .vocab import load_tokenizer, make_tokenizer, save_tokenizer, train_vocab
 
     cfg = config or PrepareConfig()
     for k, v in overrides.items():
@@ -227,31 +228,40 @@ def prepare(sources: list[str], out: str | Path, config: PrepareConfig | None = 
         raise QingbertError("no sources given")
     max_chars = cfg.max_chars or cfg.max_seq_len - 2
     get_segmenter(cfg.segmenter)  # fail early on a bad name or a missing package
+    t0 = time.time()
+    stats = corpus.Stats()
+    files = corpus.expand_sources(sources, stats)  # fail early on a missing file
     out = Path(out)
     _check_out(out, cfg.overwrite)
+    try:
+        return _run(files, out, cfg, stats, max_chars, t0)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # never leave half a corpus behind
+        raise
+
+
+def _run(files: list[str], out: Path, cfg: PrepareConfig, stats, max_chars: int, t0: float) -> dict:
+    from .vocab import load_tokenizer, make_tokenizer, save_tokenizer, train_vocab
+
+    sources = cfg.sources
     work = out / ".work"
     work.mkdir()
-    t0 = time.time()
     timings = {}
 
     # pass 1: read, clean, dedup, split long lines, filter, assign train/eval
-    stats = corpus.Stats()
     cut = int(round(cfg.eval_fraction * 10000))
     n_split = {"train": 0, "eval": 0}
     work_file = work / "texts.txt"
-    bar = _progress(None, "clean", cfg.progress, unit="line")
-    with open(work_file, "w", encoding="utf-8") as fh:
-        records = corpus.read_sources(sources, stats, cfg.text_field)
+    with open(work_file, "w", encoding="utf-8") as fh, _progress(None, "clean", cfg.progress, "line") as bar:
+        records = corpus.read_sources(files, stats, cfg.text_field)
         for text, words, h in corpus.clean_records(records, stats, dedup=cfg.dedup,
                                                    min_chars=cfg.min_chars, max_chars=max_chars):
             split = "eval" if int.from_bytes(h, "big") % 10000 < cut else "train"
             n_split[split] += 1
             fh.write(("E " if split == "eval" else "T ") + (SEP_WORDS.join(words) if words else text) + "\n")
             bar.update(1)
-    bar.close()
     timings["read_clean_dedup_s"] = round(time.time() - t0, 3)
     if stats.records_kept == 0:
-        shutil.rmtree(out)
         raise QingbertError("no text left in " + ", ".join(sources), hint=stats.summary())
 
     # tokenizer: given, or built from the train texts
@@ -279,12 +289,13 @@ def prepare(sources: list[str], out: str | Path, config: PrepareConfig | None = 
     t2 = time.time()
     workers = cfg.workers or os.cpu_count() or 1
     writers = {s: ShardWriter(out, s, cfg.shard_rows) for s in ("train", "eval")}
-    agg = {"f1": [0, 0, 0], "hard_cuts": 0, "empty_lines": 0, "unk": {"train": 0, "eval": 0},
+    agg = {"f1": [0, 0, 0], "hard_cuts": 0, "specials_dropped": 0, "empty_lines": 0, "unk": {"train": 0, "eval": 0},
            "line_tokens": {"train": 0, "eval": 0}, "chars": 0}
     init = (backend.to_str(), cfg.segmenter, cfg.max_seq_len, cfg.pack)
 
     def consume(res: dict) -> None:
         agg["chars"] += res["chars"]
+        agg["specials_dropped"] += res["specials_dropped"]
         for i in range(3):
             agg["f1"][i] += res["f1"][i]
         for s in ("train", "eval"):
@@ -296,21 +307,20 @@ def prepare(sources: list[str], out: str | Path, config: PrepareConfig | None = 
             agg["line_tokens"][s] += r["tokens"]
         bar.update(res["chars"])
 
-    bar = _progress(stats.chars_kept, "segment+tokenize", cfg.progress)
-    if workers == 1:
-        _init_worker(*init)
-        for chunk in _chunks(work_file, cfg.chunk_chars):
-            consume(_process_chunk(chunk))
-    else:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=init) as pool:
-            pending: deque = deque()
+    with _progress(stats.chars_kept, "segment+tokenize", cfg.progress) as bar:
+        if workers == 1:
+            _init_worker(*init)
             for chunk in _chunks(work_file, cfg.chunk_chars):
-                pending.append(pool.submit(_process_chunk, chunk))
-                if len(pending) >= 2 * workers:  # bounded memory: at most 2 chunks per worker in flight
+                consume(_process_chunk(chunk))
+        else:
+            with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=init) as pool:
+                pending: deque = deque()
+                for chunk in _chunks(work_file, cfg.chunk_chars):
+                    pending.append(pool.submit(_process_chunk, chunk))
+                    if len(pending) >= 2 * workers:  # bounded memory: at most 2 chunks per worker in flight
+                        consume(pending.popleft().result())
+                while pending:
                     consume(pending.popleft().result())
-            while pending:
-                consume(pending.popleft().result())
-    bar.close()
     for w in writers.values():
         w.close()
     timings["segment_tokenize_pack_s"] = round(time.time() - t2, 3)
@@ -342,6 +352,7 @@ def prepare(sources: list[str], out: str | Path, config: PrepareConfig | None = 
             for s, w in writers.items()
         },
         "words_cut_at_sequence_end": agg["hard_cuts"],
+        "special_token_strings_removed": agg["specials_dropped"],
         "columns": {"input_ids": "token ids: [CLS] text [SEP] text [SEP] ...",
                     "word_ids": "whole-word-masking reference: tokens with the same id form one word; "
                                 "-1 = special token"},

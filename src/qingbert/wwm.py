@@ -27,9 +27,18 @@ class WordTokenizer:
         self.backend = backend  # a tokenizers.Tokenizer
         self.cache: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
         self.cache_size = cache_size
+        # a literal "[SEP]" or "[MASK]" in the text must not become a real special token
+        # ([UNK] stays: it stands for real characters missing from the vocab)
+        unk = getattr(backend.model, "unk_token", None)
+        self.special_ids = {i for i, t in backend.get_added_tokens_decoder().items()
+                            if t.special and t.content != unk}
+        self.specials_dropped = 0
 
     def _word(self, w: str):
         ids = tuple(self.backend.encode([w], is_pretokenized=True, add_special_tokens=False).ids)
+        if self.special_ids.intersection(ids):
+            self.specials_dropped += sum(i in self.special_ids for i in ids)
+            ids = tuple(i for i in ids if i not in self.special_ids)
         entry = (ids, (1,) + (0,) * (len(ids) - 1) if ids else ())
         if len(self.cache) >= self.cache_size:
             self.cache.clear()

@@ -1,0 +1,34 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory):
+    """A vocab built from the built-in corpus (all splits), shared by the tests."""
+    from qingbert.vocab import build_vocab
+
+    out = tmp_path_factory.mktemp("vocab")
+    build_vocab(["builtin:peoples-daily:all", "builtin:reviews:all"], out, size=9000, heldout=0.01)
+    return out
+
+
+def run_without_qingbert(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run Python code in a fresh process where importing qingbert is impossible."""
+    guard = (
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'qingbert' or name.startswith('qingbert.'):\n"
+        "            raise ImportError('qingbert is blocked in this test')\n"
+        "sys.meta_path.insert(0, _Block())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    return subprocess.run([sys.executable, "-c", guard + code], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
