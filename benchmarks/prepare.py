@@ -206,7 +206,7 @@ def child(args) -> None:
 def run_child(method: str, corpus: str, work: Path, tokenizer: str, procs: int, timeout: float) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", method, "--corpus", corpus,
            "--out", str(work / f"out-{method}"), "--tokenizer", tokenizer, "--procs", str(procs)]
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    env = dict(os.environ)  # as a user runs it: tokenizers' own threading left at its default
     t = time.perf_counter()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -284,7 +284,7 @@ def markdown(results: dict, corpus: dict, info: dict, goals: list) -> str:
                   f"read+clean+dedup {t['read_clean_dedup_s']:.1f} s (main process), "
                   f"vocab {t['vocab_s']:.1f} s, segment+tokenize+pack {t['segment_tokenize_pack_s']:.1f} s "
                   f"({p['workers']} workers); peak RSS {p['peak_rss_self_mib']:.0f} MiB main, "
-                  f"{p['peak_rss_children_mib']:.0f} MiB largest worker."]
+                  f"{p['peak_rss_children_mib']:.0f} MiB largest worker (counts pages shared with the main process)."]
     pv = results.get("prepare_vocab", {})
     if "timings" in pv:
         t = pv["timings"]
@@ -314,7 +314,6 @@ def main(argv=None) -> int:
         child(args)
         return 0
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     target = 2_000_000 if args.quick else args.chars
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     procs = os.cpu_count() or 1

@@ -16,16 +16,21 @@ fraction of the cost, because Chinese words repeat a lot.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain, repeat
 
 import numpy as np
 
 
 class WordTokenizer:
-    """Tokenize pre-segmented lines into ids and word-start flags, with a per-word cache."""
+    """Tokenize pre-segmented lines into ids and word-start flags, with a per-word cache.
 
-    def __init__(self, backend, cache_size: int = 1_000_000):
+    Each distinct word is tokenized once by the real tokenizer; its tokens are kept
+    in a flat table (``word index -> token ids``), and a whole chunk of lines is then
+    expanded with numpy gathers, so the per-word cost is one dict look-up.
+    """
+
+    def __init__(self, backend, cache_size: int = 2_000_000):
         self.backend = backend  # a tokenizers.Tokenizer
-        self.cache: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
         self.cache_size = cache_size
         # a literal "[SEP]" or "[MASK]" in the text must not become a real special token
         # ([UNK] stays: it stands for real characters missing from the vocab)
@@ -33,43 +38,67 @@ class WordTokenizer:
         self.special_ids = {i for i, t in backend.get_added_tokens_decoder().items()
                             if t.special and t.content != unk}
         self.specials_dropped = 0
+        self._reset()
 
-    def _word(self, w: str):
-        ids = tuple(self.backend.encode([w], is_pretokenized=True, add_special_tokens=False).ids)
+    def _reset(self) -> None:
+        self.index: dict[str, int] = {}
+        self.tok_ids = np.zeros(0, dtype=np.int32)  # tokens of all known words, back to back
+        self.tok_off = np.zeros(0, dtype=np.int64)  # where word i's tokens start in tok_ids
+        self.tok_len = np.zeros(0, dtype=np.int64)
+
+    def _tokenize(self, w: str) -> list[int]:
+        ids = self.backend.encode([w], is_pretokenized=True, add_special_tokens=False).ids
         if self.special_ids.intersection(ids):
             self.specials_dropped += sum(i in self.special_ids for i in ids)
-            ids = tuple(i for i in ids if i not in self.special_ids)
-        entry = (ids, (1,) + (0,) * (len(ids) - 1) if ids else ())
-        if len(self.cache) >= self.cache_size:
-            self.cache.clear()
-        self.cache[w] = entry
-        return entry
+            ids = [i for i in ids if i not in self.special_ids]
+        return ids
+
+    def _add(self, missing: set, words) -> bool:
+        """Tokenize and store new words; returns True if the table had to be emptied first."""
+        reset = len(self.index) + len(missing) > self.cache_size
+        if reset:
+            self._reset()
+            missing = set(words)
+        new = sorted(missing)  # sorted: the table layout does not depend on set order
+        encoded = [self._tokenize(w) for w in new]
+        lens = np.fromiter(map(len, encoded), dtype=np.int64, count=len(new))
+        base = len(self.tok_ids)
+        self.tok_off = np.concatenate([self.tok_off, base + np.cumsum(lens) - lens])
+        self.tok_len = np.concatenate([self.tok_len, lens])
+        self.tok_ids = np.concatenate([self.tok_ids, np.fromiter(chain.from_iterable(encoded), dtype=np.int32)])
+        n = len(self.index)
+        self.index.update(zip(new, range(n, n + len(new))))
+        return reset
+
+    def _expand(self, words: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        widx = np.fromiter(map(self.index.get, words, repeat(-1)), dtype=np.int64, count=len(words))
+        unknown = np.flatnonzero(widx < 0)
+        if len(unknown):
+            if self._add({words[i] for i in unknown}, words):  # the table was reset: look all up again
+                widx[:] = np.fromiter(map(self.index.__getitem__, words), dtype=np.int64, count=len(words))
+            else:
+                widx[unknown] = [self.index[words[i]] for i in unknown]
+        wlen = self.tok_len[widx]
+        out_start = np.cumsum(wlen) - wlen
+        total = int(wlen.sum())
+        src = np.repeat(self.tok_off[widx] - out_start, wlen) + np.arange(total)
+        ids = self.tok_ids[src]
+        starts = np.zeros(total, dtype=np.uint8)
+        starts[out_start[wlen > 0]] = 1
+        return ids, starts, wlen
 
     def encode_words(self, words: list[str]) -> tuple[list[int], list[int]]:
         """Token ids and word-start flags (1 = first token of a word) of one segmented line."""
-        ids: list[int] = []
-        starts: list[int] = []
-        cache = self.cache
-        for w in words:
-            entry = cache.get(w) or self._word(w)
-            ids.extend(entry[0])
-            starts.extend(entry[1])
-        return ids, starts
+        ids, starts, _ = self._expand(list(words))
+        return ids.tolist(), starts.tolist()
 
     def encode_lines(self, lines: list[list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Flat ids (int32), word-start flags (uint8) and per-line token counts (int64)."""
-        ids: list[int] = []
-        starts: list[int] = []
-        lengths = np.empty(len(lines), dtype=np.int64)
-        cache = self.cache
-        for i, words in enumerate(lines):
-            n0 = len(ids)
-            for w in words:
-                entry = cache.get(w) or self._word(w)
-                ids.extend(entry[0])
-                starts.extend(entry[1])
-            lengths[i] = len(ids) - n0
-        return np.asarray(ids, dtype=np.int32), np.asarray(starts, dtype=np.uint8), lengths
+        ids, starts, wlen = self._expand(list(chain.from_iterable(lines)))
+        n_words = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
+        csum = np.concatenate([[0], np.cumsum(wlen)])
+        ends = np.cumsum(n_words)
+        return ids, starts, csum[ends] - csum[ends - n_words]
 
 
 def word_ids_from_starts(starts: np.ndarray, special: np.ndarray) -> np.ndarray:
