@@ -1,23 +1,14 @@
-"""qingbert (轻BERT): small, fast Chinese pretrained language models, from raw text to a served model."""
+"""qingbert (轻BERT): small, fast Chinese pretrained language models, from raw text to a served model.
 
+The top level re-exports each stage's main function; ``qingbert.zoo`` is the model zoo.
+Importing qingbert does not import torch or transformers.
+"""
+
+from . import zoo
 from .errors import QingbertError
+from .prepare import PrepareConfig, load_prepared, prepare
+from .vocab import build_vocab
 
 __version__ = "0.1.0"
 
-__all__ = ["QingbertError", "__version__", "prepare", "load_prepared", "build_vocab", "zoo"]
-
-
-def __getattr__(name):  # keep `import qingbert` light: load stages on first use
-    if name in ("prepare", "load_prepared", "PrepareConfig"):
-        from . import prepare as _p
-
-        return getattr(_p, name)
-    if name == "build_vocab":
-        from .vocab import build_vocab
-
-        return build_vocab
-    if name == "zoo":
-        import importlib
-
-        return importlib.import_module(".zoo", __name__)
-    raise AttributeError(name)
+__all__ = ["QingbertError", "PrepareConfig", "prepare", "load_prepared", "build_vocab", "zoo", "__version__"]

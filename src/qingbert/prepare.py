@@ -31,6 +31,7 @@ from . import corpus
 from .errors import QingbertError
 from .manifest import read_manifest, write_manifest
 
+SPLITS = ("train", "eval")
 SEP_WORDS = "\x1f"  # between gold words in the work file; cleaning removes control characters from text
 FORMAT = "qingbert.prepared/1"
 
@@ -81,46 +82,34 @@ def _init_worker(tokenizer_json: str, segmenter: str, max_seq_len: int, pack: bo
     )
 
 
-def _process_chunk(lines: list[str]) -> dict:
-    """One chunk of work-file lines -> packed arrays per split + counts."""
+def _process_chunk(chunk: tuple[str, list[str]]) -> dict:
+    """One chunk of work-file lines of one split -> packed arrays + counts."""
     from .segment import span_counts
     from .wwm import pack
 
-    by_split: dict[str, list] = {"train": [], "eval": []}
+    split, lines = chunk
     f1 = [0, 0, 0]
-    to_segment: list[tuple[str, str, int, list[str] | None]] = []  # text, split, row, gold
-    for line in lines:
-        split = "eval" if line[0] == "E" else "train"
-        payload = line[2:]
-        gold = payload.split(SEP_WORDS) if SEP_WORDS in payload else None
-        rows = by_split[split]
-        if _W["gold"]:
-            # gold words where the source has them; plain-text lines are taken as space-segmented
-            rows.append(gold if gold is not None else payload.split())
-            continue
-        to_segment.append((payload.replace(SEP_WORDS, ""), split, len(rows), gold))
-        rows.append(None)  # filled below, keeps input order
-    dropped_before = _W["tok"].specials_dropped
-    if to_segment:
-        cut = _W["seg"]([t for t, _, _, _ in to_segment])
-        for (_, split, row, gold), words in zip(to_segment, cut):
-            by_split[split][row] = words
-            if gold is not None:
-                c, p, g = span_counts(words, gold)
+    if _W["gold"]:
+        # gold words where the source has them; plain-text lines are taken as space-segmented
+        rows = [line.split(SEP_WORDS) if SEP_WORDS in line else line.split() for line in lines]
+    else:
+        rows = _W["seg"]([line.replace(SEP_WORDS, "") for line in lines])
+        for line, words in zip(lines, rows):
+            if SEP_WORDS in line:  # the source carries a gold segmentation: score ours against it
+                c, p, g = span_counts(words, line.split(SEP_WORDS))
                 f1[0] += c
                 f1[1] += p
                 f1[2] += g
-    out = {"f1": f1, "chars": sum(len(x) - 2 for x in lines)}
-    for split, rows in by_split.items():
-        ids, starts, lengths = _W["tok"].encode_lines(rows)
-        out["specials_dropped"] = _W["tok"].specials_dropped - dropped_before
-        packed = pack(ids, starts, lengths, _W["max_seq_len"], _W["cls"], _W["sep"], concat=_W["pack"])
-        out[split] = {
-            "ids": packed.ids, "word_ids": packed.word_ids, "offsets": packed.offsets,
-            "hard_cuts": packed.hard_cuts, "empty_lines": int((lengths == 0).sum()),
-            "unk": int((ids == _W["unk"]).sum()), "tokens": int(len(ids)),
-        }
-    return out
+    before = _W["tok"].specials_dropped
+    ids, starts, lengths = _W["tok"].encode_lines(rows)
+    packed = pack(ids, starts, lengths, _W["max_seq_len"], _W["cls"], _W["sep"], concat=_W["pack"])
+    return {
+        "split": split, "f1": f1, "chars": sum(map(len, lines)) - sum(line.count(SEP_WORDS) for line in lines),
+        "ids": packed.ids, "word_ids": packed.word_ids, "offsets": packed.offsets,
+        "hard_cuts": packed.hard_cuts, "empty_lines": int((lengths == 0).sum()),
+        "unk": int((ids == _W["unk"]).sum()), "tokens": int(len(ids)),
+        "specials_dropped": _W["tok"].specials_dropped - before,
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -201,17 +190,19 @@ def _progress(total: int | None, desc: str, enabled: bool, unit: str = "char"):
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=not enabled, leave=False)
 
 
-def _chunks(path: Path, chunk_chars: int):
-    buf, n = [], 0
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            buf.append(line.rstrip("\n"))
-            n += len(line)
-            if n >= chunk_chars:
-                yield buf
-                buf, n = [], 0
-    if buf:
-        yield buf
+def _chunks(work_files: dict, chunk_chars: int):
+    """``(split, lines)`` chunks of about ``chunk_chars`` characters, train first, in file order."""
+    for split in SPLITS:
+        buf, n = [], 0
+        with open(work_files[split], encoding="utf-8") as fh:
+            for line in fh:
+                buf.append(line[:-1])
+                n += len(line)
+                if n >= chunk_chars:
+                    yield split, buf
+                    buf, n = [], 0
+        if buf:
+            yield split, buf
 
 
 def prepare(sources: list[str], out: str | Path, config: PrepareConfig | None = None, **overrides) -> dict:
@@ -241,7 +232,7 @@ def prepare(sources: list[str], out: str | Path, config: PrepareConfig | None = 
 
 
 def _run(files: list[str], out: Path, cfg: PrepareConfig, stats, max_chars: int, t0: float) -> dict:
-    from .vocab import load_tokenizer, make_tokenizer, save_tokenizer, train_vocab
+    from .vocab import copy_tokenizer, make_tokenizer, save_tokenizer, train_vocab
 
     sources = cfg.sources
     work = out / ".work"
@@ -251,14 +242,16 @@ def _run(files: list[str], out: Path, cfg: PrepareConfig, stats, max_chars: int,
     # pass 1: read, clean, dedup, split long lines, filter, assign train/eval
     cut = int(round(cfg.eval_fraction * 10000))
     n_split = {"train": 0, "eval": 0}
-    work_file = work / "texts.txt"
-    with open(work_file, "w", encoding="utf-8") as fh, _progress(None, "clean", cfg.progress, "line") as bar:
+    work_files = {s: work / f"{s}.txt" for s in SPLITS}  # one text per line; gold words joined by SEP_WORDS
+    with open(work_files["train"], "w", encoding="utf-8") as f_train, \
+            open(work_files["eval"], "w", encoding="utf-8") as f_eval, \
+            _progress(None, "clean", cfg.progress, "line") as bar:
         records = corpus.read_sources(files, stats, cfg.text_field)
         for text, words, h in corpus.clean_records(records, stats, dedup=cfg.dedup,
                                                    min_chars=cfg.min_chars, max_chars=max_chars):
-            split = "eval" if int.from_bytes(h, "big") % 10000 < cut else "train"
-            n_split[split] += 1
-            fh.write(("E " if split == "eval" else "T ") + (SEP_WORDS.join(words) if words else text) + "\n")
+            is_eval = int.from_bytes(h, "big") % 10000 < cut
+            n_split["eval" if is_eval else "train"] += 1
+            (f_eval if is_eval else f_train).write((SEP_WORDS.join(words) if words else text) + "\n")
             bar.update(1)
     timings["read_clean_dedup_s"] = round(time.time() - t0, 3)
     if stats.records_kept == 0:
@@ -268,27 +261,23 @@ def _run(files: list[str], out: Path, cfg: PrepareConfig, stats, max_chars: int,
     t1 = time.time()
     tok_dir = out / "tokenizer"
     if cfg.tokenizer:
-        tokenizer = load_tokenizer(cfg.tokenizer)
+        backend = copy_tokenizer(cfg.tokenizer, tok_dir)
         tokenizer_info = {"source": cfg.tokenizer, "built": False}
     else:
-        def train_texts():
-            with open(work_file, encoding="utf-8") as fh:
-                for line in fh:
-                    if line[0] == "T":
-                        yield line[2:-1].replace(SEP_WORDS, "")
-
-        tokenizer = make_tokenizer(train_vocab(train_texts(), cfg.vocab_size), model_max_length=cfg.max_seq_len)
+        # the BERT normalizer drops the SEP_WORDS control character, so the work file trains as is
+        vocab = train_vocab([], cfg.vocab_size, files=[str(work_files["train"])])
+        tokenizer = make_tokenizer(vocab, model_max_length=cfg.max_seq_len)
+        save_tokenizer(tokenizer, tok_dir)
+        backend = tokenizer.backend_tokenizer
         tokenizer_info = {"source": "built from the corpus (train split)", "built": True,
                           "requested_size": cfg.vocab_size}
-    save_tokenizer(tokenizer, tok_dir)
-    backend = tokenizer.backend_tokenizer
-    tokenizer_info.update(vocab_size=len(tokenizer.get_vocab()), path="tokenizer")
+    tokenizer_info.update(vocab_size=backend.get_vocab_size(), path="tokenizer")
     timings["vocab_s"] = round(time.time() - t1, 3)
 
     # pass 2: segment + tokenize + pack on worker processes, write shards in order
     t2 = time.time()
     workers = cfg.workers or os.cpu_count() or 1
-    writers = {s: ShardWriter(out, s, cfg.shard_rows) for s in ("train", "eval")}
+    writers = {s: ShardWriter(out, s, cfg.shard_rows) for s in SPLITS}
     agg = {"f1": [0, 0, 0], "hard_cuts": 0, "specials_dropped": 0, "empty_lines": 0, "unk": {"train": 0, "eval": 0},
            "line_tokens": {"train": 0, "eval": 0}, "chars": 0}
     init = (backend.to_str(), cfg.segmenter, cfg.max_seq_len, cfg.pack)
@@ -298,24 +287,23 @@ def _run(files: list[str], out: Path, cfg: PrepareConfig, stats, max_chars: int,
         agg["specials_dropped"] += res["specials_dropped"]
         for i in range(3):
             agg["f1"][i] += res["f1"][i]
-        for s in ("train", "eval"):
-            r = res[s]
-            writers[s].write(r["ids"], r["word_ids"], r["offsets"])
-            agg["hard_cuts"] += r["hard_cuts"]
-            agg["empty_lines"] += r["empty_lines"]
-            agg["unk"][s] += r["unk"]
-            agg["line_tokens"][s] += r["tokens"]
+        split = res["split"]
+        writers[split].write(res["ids"], res["word_ids"], res["offsets"])
+        agg["hard_cuts"] += res["hard_cuts"]
+        agg["empty_lines"] += res["empty_lines"]
+        agg["unk"][split] += res["unk"]
+        agg["line_tokens"][split] += res["tokens"]
         bar.update(res["chars"])
 
     with _progress(stats.chars_kept, "segment+tokenize", cfg.progress) as bar:
         if workers == 1:
             _init_worker(*init)
-            for chunk in _chunks(work_file, cfg.chunk_chars):
+            for chunk in _chunks(work_files, cfg.chunk_chars):
                 consume(_process_chunk(chunk))
         else:
             with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=init) as pool:
                 pending: deque = deque()
-                for chunk in _chunks(work_file, cfg.chunk_chars):
+                for chunk in _chunks(work_files, cfg.chunk_chars):
                     pending.append(pool.submit(_process_chunk, chunk))
                     if len(pending) >= 2 * workers:  # bounded memory: at most 2 chunks per worker in flight
                         consume(pending.popleft().result())

@@ -10,18 +10,20 @@ like CLUE's 8 K vocabulary.  The output folder holds ``vocab.txt`` and
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Iterable
 
 from .errors import QingbertError
+from .manifest import atomic_write_text
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def train_vocab(texts: Iterable[str], size: int = 8000, *, min_frequency: int = 2,
-                lowercase: bool = True) -> dict[str, int]:
-    """Train a WordPiece vocabulary (token -> id) on cleaned texts."""
+                lowercase: bool = True, files: list[str] | None = None) -> dict[str, int]:
+    """Train a WordPiece vocabulary (token -> id) on cleaned texts, or on text files (read in Rust)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
     if size < len(SPECIALS) + 100:
@@ -39,7 +41,10 @@ def train_vocab(texts: Iterable[str], size: int = 8000, *, min_frequency: int = 
         continuing_subword_prefix="##",
         show_progress=False,
     )
-    tok.train_from_iterator(texts, trainer)
+    if files:
+        tok.train(files, trainer)
+    else:
+        tok.train_from_iterator(texts, trainer)
     vocab = tok.get_vocab()
     if len(vocab) <= len(SPECIALS):
         raise QingbertError("no text to build a vocabulary from")
@@ -58,14 +63,45 @@ def save_tokenizer(tokenizer, out: str | Path) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(out))
-    vocab = tokenizer.get_vocab()
+    write_vocab_txt(tokenizer.get_vocab(), out)
+    return out
+
+
+def write_vocab_txt(vocab: dict[str, int], out: Path) -> None:
+    """``vocab.txt``: one token per line, line number = id."""
     ordered = sorted(vocab.items(), key=lambda kv: kv[1])
     if [i for _, i in ordered] != list(range(len(ordered))):
         raise QingbertError("vocabulary ids are not contiguous; cannot write vocab.txt")
-    tmp = out / "vocab.txt.tmp"
-    tmp.write_text("".join(t + "\n" for t, _ in ordered), encoding="utf-8")
-    tmp.replace(out / "vocab.txt")
-    return out
+    atomic_write_text(out / "vocab.txt", "".join(t + "\n" for t, _ in ordered))
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+def copy_tokenizer(name_or_path: str, out: str | Path):
+    """Put a copy of a tokenizer in ``out`` and return its ``tokenizers.Tokenizer``.
+
+    A folder with ``tokenizer.json`` is copied file by file (no transformers import);
+    anything else (a ``vocab.txt``-only folder, a hub id) goes through transformers.
+    """
+    src, out = Path(name_or_path), Path(out)
+    if (src / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        try:
+            backend = Tokenizer.from_file(str(src / "tokenizer.json"))
+        except Exception as e:  # noqa: BLE001 - a corrupt file; say which
+            raise QingbertError(f"{src / 'tokenizer.json'}: cannot load ({type(e).__name__}: {e})") from None
+        out.mkdir(parents=True, exist_ok=True)
+        for name in TOKENIZER_FILES:
+            if (src / name).is_file():
+                shutil.copyfile(src / name, out / name)
+        if not (src / "vocab.txt").is_file():
+            write_vocab_txt(backend.get_vocab(), out)
+        return backend
+    tokenizer = load_tokenizer(name_or_path)
+    save_tokenizer(tokenizer, out)
+    return tokenizer.backend_tokenizer
 
 
 def load_tokenizer(name_or_path: str):
