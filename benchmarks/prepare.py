@@ -331,7 +331,8 @@ def main(argv=None) -> int:
         corpus = write_corpus(work / "corpus.txt", target)
         corpus["build_s"] = round(time.perf_counter() - t, 1)
         print(f"corpus: {corpus['chars']:,} chars, {corpus['lines']:,} lines "
-              f"({corpus['builtin_chars']:,} built-in chars x {corpus['repeats']}) in {corpus['build_s']} s", flush=True)
+              f"({corpus['builtin_chars']:,} built-in chars x {corpus['repeats']}) in {corpus['build_s']} s",
+              flush=True)
 
         # tokenizer for the main run, built once outside the timing from the built-in corpus
         t = time.perf_counter()
