@@ -187,7 +187,8 @@ def _check_out(out: Path, overwrite: bool) -> None:
 def _progress(total: int | None, desc: str, enabled: bool, unit: str = "char"):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=not enabled, leave=False)
+    # disable=None: bars only on a terminal, so logs and CI output stay clean
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=None if enabled else True, leave=False)
 
 
 def _chunks(work_files: dict, chunk_chars: int):
@@ -394,6 +395,10 @@ def corpus_summary(c: dict) -> str:
     dropped = ", ".join(f"{n:,} {r}" for r, n in c["dropped"].items()) or "none"
     s = (f"read {c['lines_read']:,} lines, kept {c['records_kept']:,} texts ({c['chars_kept']:,} chars); "
          f"dropped: {dropped}; dedup rate {100 * c['dedup_rate']:.1f}%")
+    for f in c["files"]:
+        if "dedup" in f:  # built-in sets are deduplicated (before splitting) when loaded
+            d = f["dedup"]
+            s += f"; {f['path']}: {d['duplicate']:,} of {d['lines']:,} lines were duplicates"
     if c["long_lines_split"]:
         s += f"; {c['long_lines_split']:,} long lines split into {c['pieces_from_long_lines']:,} pieces"
     if c["skipped_files"]:

@@ -2,8 +2,9 @@
 
 Segmenters are looked up by name:
 
-* ``rjieba`` (default): jieba's dictionary and algorithm in Rust, same output as
-  jieba, about 15x faster.
+* ``rjieba`` (default): jieba's dictionary and algorithm in Rust, about 15-20x
+  faster, with the same Chinese words as jieba (it keeps Latin runs such as URLs
+  or ``3-74`` in one piece where jieba splits them at punctuation).
 * ``jieba``: the original Python implementation.
 * ``ltp``: LTP's neural segmenter (``pip install qingbert[ltp]``; the model is a
   local folder or a hub id given as ``ltp:PATH``).
