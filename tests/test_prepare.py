@@ -210,3 +210,13 @@ def test_cli_zoo_json():
     recs = json.loads(r.stdout)
     h256 = next(x for x in recs if x["name"] == "minirbt-h256")
     assert h256["layers"] == 6 and h256["hidden"] == 256
+
+
+def test_vocab_training_is_deterministic():
+    """Same corpus, same vocabulary (tokenizers' trainer alone varies between runs: tokenizers#1794)."""
+    from qingbert.vocab import train_vocab
+
+    texts = [t for t, _ in builtin.reviews("train")]
+    first = train_vocab(texts, 6000)
+    assert all(train_vocab(texts, 6000) == first for _ in range(3))
+    assert "##s" in first and "[MASK]" in first

@@ -12,18 +12,51 @@ from __future__ import annotations
 
 import shutil
 import time
+import unicodedata
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
+from .corpus import is_cjk
 from .errors import QingbertError
 from .manifest import atomic_write_text
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def train_vocab(texts: Iterable[str], size: int = 8000, *, min_frequency: int = 2,
+def _continuations(chars: set[str], normalizer) -> list[str]:
+    """``##c`` for every character that can continue a multi-character (non-Chinese) word.
+
+    Registering them up front makes training deterministic: the trainer otherwise
+    numbers them in hash-map order, and that order breaks ties between merges
+    (huggingface/tokenizers#1794), so the same corpus gave a different vocab each run.
+    """
+    out = set()
+    for c in chars:
+        for d in normalizer.normalize_str(c):
+            cat = unicodedata.category(d)
+            if d.isspace() or is_cjk(d) or cat[0] in "PC" or (d.isascii() and not d.isalnum()):
+                continue  # the BERT pre-tokenizer splits these off, so they never continue a word
+            out.add("##" + d)
+    return sorted(out)
+
+
+def _chars_of(texts: Sequence[str] | None, files: list[str] | None) -> set[str]:
+    chars: set[str] = set()
+    for t in texts or ():
+        chars.update(t)
+    for f in files or ():
+        with open(f, encoding="utf-8") as fh:
+            while block := fh.read(1 << 22):
+                chars.update(block)
+    return chars
+
+
+def train_vocab(texts: Sequence[str], size: int = 8000, *, min_frequency: int = 2,
                 lowercase: bool = True, files: list[str] | None = None) -> dict[str, int]:
-    """Train a WordPiece vocabulary (token -> id) on cleaned texts, or on text files (read in Rust)."""
+    """Train a WordPiece vocabulary (token -> id) on cleaned texts, or on text files (read in Rust).
+
+    The same input always gives the same vocabulary.
+    """
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
     if size < len(SPECIALS) + 100:
@@ -35,7 +68,7 @@ def train_vocab(texts: Iterable[str], size: int = 8000, *, min_frequency: int = 
     trainer = trainers.WordPieceTrainer(
         vocab_size=size,
         min_frequency=min_frequency,
-        special_tokens=SPECIALS,
+        special_tokens=SPECIALS + _continuations(_chars_of(texts, files), tok.normalizer),
         # keep room for Latin pieces; the most frequent characters win
         limit_alphabet=int(size * 0.9),
         continuing_subword_prefix="##",
