@@ -29,9 +29,10 @@ def test_gold_and_char_modes():
 
 def test_span_counts_word_f1():
     # gold: 我们|在|北京|天安门 ; pred: 我们|在|北京天安门  -> 2 correct of 3 predicted, 4 gold
-    assert span_counts(["我们", "在", "北京天安门"], ["我们", "在", "北京", "天安门"]) == (2, 3, 4)
+    # boundaries (word ends before the text end): pred {2, 3}, gold {2, 3, 5}
+    assert span_counts(["我们", "在", "北京天安门"], ["我们", "在", "北京", "天安门"]) == (2, 3, 4, 2, 2, 3)
     # spaces as words do not count on either side
-    assert span_counts(["我们", " ", "在"], ["我们", "在"]) == (2, 2, 2)
+    assert span_counts(["我们", " ", "在"], ["我们", "在"]) == (2, 2, 2, 1, 1, 1)
 
 
 def test_unknown_and_missing_segmenters():

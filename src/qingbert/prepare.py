@@ -88,7 +88,7 @@ def _process_chunk(chunk: tuple[str, list[str]]) -> dict:
     from .wwm import pack
 
     split, lines = chunk
-    f1 = [0, 0, 0]
+    f1 = [0] * 6
     if _W["gold"]:
         # gold words where the source has them; plain-text lines are taken as space-segmented
         rows = [line.split(SEP_WORDS) if SEP_WORDS in line else line.split() for line in lines]
@@ -96,10 +96,7 @@ def _process_chunk(chunk: tuple[str, list[str]]) -> dict:
         rows = _W["seg"]([line.replace(SEP_WORDS, "") for line in lines])
         for line, words in zip(lines, rows):
             if SEP_WORDS in line:  # the source carries a gold segmentation: score ours against it
-                c, p, g = span_counts(words, line.split(SEP_WORDS))
-                f1[0] += c
-                f1[1] += p
-                f1[2] += g
+                f1 = [a + b for a, b in zip(f1, span_counts(words, line.split(SEP_WORDS)))]
     before = _W["tok"].specials_dropped
     ids, starts, lengths = _W["tok"].encode_lines(rows)
     packed = pack(ids, starts, lengths, _W["max_seq_len"], _W["cls"], _W["sep"], concat=_W["pack"])
@@ -279,15 +276,14 @@ def _run(files: list[str], out: Path, cfg: PrepareConfig, stats, max_chars: int,
     t2 = time.time()
     workers = cfg.workers or os.cpu_count() or 1
     writers = {s: ShardWriter(out, s, cfg.shard_rows) for s in SPLITS}
-    agg = {"f1": [0, 0, 0], "hard_cuts": 0, "specials_dropped": 0, "empty_lines": 0, "unk": {"train": 0, "eval": 0},
+    agg = {"f1": [0] * 6, "hard_cuts": 0, "specials_dropped": 0, "empty_lines": 0, "unk": {"train": 0, "eval": 0},
            "line_tokens": {"train": 0, "eval": 0}, "chars": 0}
     init = (backend.to_str(), cfg.segmenter, cfg.max_seq_len, cfg.pack)
 
     def consume(res: dict) -> None:
         agg["chars"] += res["chars"]
         agg["specials_dropped"] += res["specials_dropped"]
-        for i in range(3):
-            agg["f1"][i] += res["f1"][i]
+        agg["f1"] = [a + b for a, b in zip(agg["f1"], res["f1"])]
         split = res["split"]
         writers[split].write(res["ids"], res["word_ids"], res["offsets"])
         agg["hard_cuts"] += res["hard_cuts"]
@@ -316,13 +312,14 @@ def _run(files: list[str], out: Path, cfg: PrepareConfig, stats, max_chars: int,
     shutil.rmtree(work)
 
     elapsed = time.time() - t0
-    c, p, g = agg["f1"]
+    c, p, g, bc, bp, bg = agg["f1"]
     seg_eval = None
     if g:
-        prec, rec = (c / p if p else 0.0), c / g
-        seg_eval = {"word_precision": round(prec, 5), "word_recall": round(rec, 5),
+        seg_eval = {"word_precision": round(c / p if p else 0.0, 5), "word_recall": round(c / g, 5),
                     "word_f1": round(2 * c / (p + g), 5), "gold_words": g,
-                    "note": "segmenter output vs the gold segmentation the source carries (word spans)"}
+                    "boundary_f1": round(2 * bc / (bp + bg), 5) if bp + bg else None,
+                    "note": "segmenter output vs the gold segmentation the source carries: "
+                            "word F1 over word spans, boundary F1 over word-end positions"}
     if agg["empty_lines"]:
         stats.dropped["no_tokens"] += agg["empty_lines"]
     manifest = {
@@ -383,7 +380,8 @@ def prepare_summary(m: dict) -> str:
     if m.get("segmentation_vs_gold"):
         s = m["segmentation_vs_gold"]
         lines.append(f"segmentation vs gold: word F1 {100 * s['word_f1']:.2f} "
-                     f"(P {100 * s['word_precision']:.2f}, R {100 * s['word_recall']:.2f})")
+                     f"(P {100 * s['word_precision']:.2f}, R {100 * s['word_recall']:.2f}), "
+                     f"boundary F1 {100 * (s['boundary_f1'] or 0):.2f}")
     for s in ("train", "eval"):
         lines.append(f"{s}: {sp[s]['texts']:,} texts -> {sp[s]['sequences']:,} sequences, "
                      f"{sp[s]['tokens']:,} tokens, UNK {100 * sp[s]['unk_rate']:.3f}%")

@@ -86,14 +86,19 @@ def word_spans(words: list[str]) -> set[tuple[int, int]]:
     return spans
 
 
-def span_counts(pred: list[str], gold: list[str]) -> tuple[int, int, int]:
-    """(correct, predicted, gold) word counts; word F1 = 2c / (p + g) as in SIGHAN bakeoffs.
+def span_counts(pred: list[str], gold: list[str]) -> tuple[int, int, int, int, int, int]:
+    """Counts for word F1 and boundary F1 of a segmentation against gold.
 
-    Spaces are ignored on both sides, so a segmenter that keeps spaces as words
-    is compared on the same characters as a gold standard without them.
+    Returns ``(words correct, predicted, gold, boundaries correct, predicted, gold)``;
+    word F1 = 2c / (p + g) over word spans as in the SIGHAN bakeoffs, boundary F1
+    the same over the positions between characters where a word ends (the end of
+    the text excluded).  Spaces are ignored on both sides, so a segmenter that keeps
+    spaces as words is compared on the same characters as a gold standard without them.
     """
     def nospace(ws):
         return [w.replace(" ", "") for w in ws if w.strip()]
 
     p, g = word_spans(nospace(pred)), word_spans(nospace(gold))
-    return len(p & g), len(p), len(g)
+    end = max((e for _, e in g), default=0)
+    pb, gb = {e for _, e in p if e != end}, {e for _, e in g if e != end}
+    return len(p & g), len(p), len(g), len(pb & gb), len(pb), len(gb)
