@@ -602,10 +602,12 @@ def _load(name_or_path, load):
     return _from_hub(lambda **kw: load(source, **kw), source)
 
 
-def load_model(name_or_path, head: str = "mlm", **kwargs):
+def load_model(name_or_path, head: str = "mlm", loading_info: bool = False, **kwargs):
     """Load pretrained weights from a local folder, a zoo name (via its hub id) or a hub id.
 
     ``head`` is 'mlm' (masked-LM head; XLNetLMHeadModel for XLNet) or 'base'.
+    With ``loading_info`` returns ``(model, info)`` where info lists missing/unexpected keys
+    (e.g. an MLM head the checkpoint does not have).
     Extra keyword arguments (``revision``, ``cache_dir``, ``dtype`` ...) go to ``from_pretrained``.
     """
     _check_head(head)
@@ -615,7 +617,7 @@ def load_model(name_or_path, head: str = "mlm", **kwargs):
 
         config = AutoConfig.from_pretrained(src, **{**kwargs, **kw})
         cls = _model_class(config, head)
-        return cls.from_pretrained(src, config=config, **{**kwargs, **kw})
+        return cls.from_pretrained(src, config=config, output_loading_info=loading_info, **{**kwargs, **kw})
 
     return _load(name_or_path, load)
 

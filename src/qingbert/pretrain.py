@@ -1,0 +1,196 @@
+"""``qingbert pretrain``: whole-word-masking MLM pretraining on ``qingbert prepare`` shards.
+
+The model is a zoo name (built from scratch with the data's vocabulary), a local
+folder or a hub id (continued / domain pretraining; its vocabulary must be the
+data's).  Training runs in the one loop of :mod:`qingbert.train`; the output
+folder is a plain ``transformers`` masked-LM folder (``model.safetensors``,
+``config.json``, ``tokenizer.json`` and ``vocab.txt``) plus ``manifest.json``,
+``metrics.jsonl``, TensorBoard logs and the last checkpoints.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .errors import QingbertError
+from .manifest import read_manifest, write_manifest
+from .mlm import MaskingConfig, MLMObjective, WWMCollator
+from .train import Trainer, TrainConfig
+
+FORMAT = "qingbert.model/1"
+
+
+@dataclass
+class PretrainConfig:
+    train: TrainConfig = field(default_factory=TrainConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    objective: str = "wwm"
+    overrides: dict = field(default_factory=dict)  # model config overrides for zoo shapes (e.g. num_hidden_layers)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PretrainConfig":
+        """Flat or nested dict (a YAML recipe) -> config; unknown keys are an error."""
+        cfg = cls()
+        tf = {f.name for f in fields(TrainConfig)}
+        mf = {f.name for f in fields(MaskingConfig)}
+        for k, v in d.items():
+            if k in ("train", "masking") and isinstance(v, dict):
+                for kk, vv in v.items():
+                    cls._set(getattr(cfg, k), kk, vv, tf if k == "train" else mf)
+            elif k in tf:
+                setattr(cfg.train, k, v)
+            elif k in mf:
+                setattr(cfg.masking, k, v)
+            elif k in ("objective", "overrides"):
+                setattr(cfg, k, v)
+            else:
+                raise QingbertError(f"unknown pretraining option '{k}'",
+                                    hint="known: " + ", ".join(sorted(tf | mf | {"objective", "overrides"})))
+        cfg.masking.__post_init__()
+        return cfg
+
+    @staticmethod
+    def _set(obj, key, value, known):
+        if key not in known:
+            raise QingbertError(f"unknown pretraining option '{key}'", hint="known: " + ", ".join(sorted(known)))
+        setattr(obj, key, value)
+
+
+def tokenizer_info(tokenizer) -> dict:
+    return {"pad_id": tokenizer.pad_token_id, "mask_id": tokenizer.mask_token_id,
+            "special_ids": sorted(set(tokenizer.all_special_ids)), "vocab_size": len(tokenizer)}
+
+
+def open_data(data: str | Path):
+    """The prepared folder's train/eval datasets and tokenizer, with a clear error if it is not one."""
+    from .prepare import FORMAT as DATA_FORMAT
+    from .prepare import load_prepared
+    from .vocab import load_tokenizer
+
+    data = Path(data)
+    m = read_manifest(data)
+    if m is None or m.get("format") != DATA_FORMAT:
+        raise QingbertError(f"{data}: not a prepared corpus (no qingbert manifest)",
+                            hint="make one with `qingbert prepare SOURCE --out DIR`")
+    train = load_prepared(data, "train")
+    eval_ = load_prepared(data, "eval") if m["splits"].get("eval", {}).get("sequences") else None
+    return train, eval_, load_tokenizer(str(data / "tokenizer")), m
+
+
+def load_mlm(model: str, tokenizer, overrides: dict | None = None) -> tuple[object, dict]:
+    """A masked-LM model for ``model`` (zoo name -> from scratch; folder/hub id -> weights) + how it was made."""
+    from . import zoo
+
+    vocab = tokenizer.get_vocab()
+    spec = None
+    if not Path(model).exists():
+        try:
+            spec = zoo.get_spec(model)
+        except QingbertError:
+            if "/" not in model:  # not a hub id either: the zoo's did-you-mean is the helpful message
+                raise
+    if spec is not None:
+        m = zoo.build_model(spec, vocab_size=len(vocab), head="mlm", **(overrides or {}))
+        m.config.pad_token_id = tokenizer.pad_token_id
+        return m, {"init": "random (from scratch)", "zoo": spec.name, "head_initialised": False}
+    m, info = zoo.load_model(model, head="mlm", loading_info=True)
+    try:
+        model_tok = zoo.load_tokenizer(model)
+    except QingbertError:
+        model_tok = None
+    if m.get_input_embeddings().num_embeddings < len(vocab):
+        raise QingbertError(f"model {model} has {m.get_input_embeddings().num_embeddings} token embeddings but the "
+                            f"data's tokenizer has {len(vocab)} tokens",
+                            hint=f"prepare the data with --tokenizer {model}")
+    if model_tok is not None and model_tok.get_vocab() != vocab:
+        raise QingbertError(f"the data was tokenized with a different vocabulary than {model}'s",
+                            hint=f"re-run `qingbert prepare ... --tokenizer {model}`")
+    missing = [k for k in info.get("missing_keys", []) if "cls." in k or "lm_head" in k or "predictions" in k]
+    if missing:
+        print(f"qingbert: {model} has no trained MLM head ({len(missing)} head tensors missing); "
+              "initialised it randomly", flush=True)
+    return m, {"init": f"weights from {model}", "head_initialised": bool(missing), "missing_head_keys": missing}
+
+
+def pretrain(model: str, data: str | Path, out: str | Path, config: PretrainConfig | dict | None = None,
+             **train_overrides) -> dict:
+    """Pretrain (or continue pretraining) ``model`` on a prepared folder; returns the manifest."""
+    import torch
+
+    cfg = config if isinstance(config, PretrainConfig) else PretrainConfig.from_dict(config or {})
+    for k, v in train_overrides.items():
+        if not hasattr(cfg.train, k):
+            raise TypeError(f"unknown training option {k!r}")
+        setattr(cfg.train, k, v)
+    if cfg.objective != "wwm":
+        raise QingbertError(f"unknown objective '{cfg.objective}'", hint="available: wwm")
+    out = Path(out)
+    t0 = time.time()
+    train_ds, eval_ds, tokenizer, data_manifest = open_data(data)
+    net, init = load_mlm(model, tokenizer, cfg.overrides)
+    objective = MLMObjective(net)
+    collate = WWMCollator(tokenizer_info(tokenizer), cfg.masking, seed=cfg.train.seed)
+    trainer = Trainer(objective, train_ds, collate, out, cfg.train, eval_data=eval_ds)
+    before = None if cfg.train.resume else trainer.evaluate()
+    history = trainer.run()
+    after = next((h for h in reversed(history) if h.get("split") == "eval"), None)
+    if trainer.acc.is_main_process:
+        final = trainer.unwrapped_objective().trained_model()
+        final.save_pretrained(str(out), safe_serialization=True)
+        from .vocab import save_tokenizer
+
+        save_tokenizer(tokenizer, out)
+        train_log = [h for h in history if h.get("split") == "train"]
+        manifest = {
+            "format": FORMAT,
+            "stage": "pretrain",
+            "objective": "wwm-mlm",
+            "model": model,
+            "init": init,
+            "data": {"path": str(Path(data).resolve()), "sources": data_manifest.get("sources"),
+                     "train_sequences": len(train_ds), "eval_sequences": len(eval_ds) if eval_ds else 0},
+            "recipe": {"train": asdict(cfg.train), "masking": asdict(cfg.masking), "overrides": cfg.overrides},
+            "steps": trainer.state["step"],
+            "tokens_seen": trainer.state["tokens_seen"],
+            "processes": trainer.world,
+            "parameters": sum(p.numel() for p in final.parameters()),
+            "eval_before": before,
+            "eval_after": {k: v for k, v in (after or {}).items() if k not in ("split",)} or None,
+            "final_train_loss": train_log[-1]["loss"] if train_log else None,
+            "elapsed_s": round(time.time() - t0, 2),
+            "torch_threads": torch.get_num_threads(),
+        }
+        write_manifest(out, manifest)
+        trainer.acc.wait_for_everyone()
+        return manifest
+    trainer.acc.wait_for_everyone()
+    return read_manifest(out) or {}
+
+
+def fill_mask(model: str, text: str, top_k: int = 5) -> list:
+    """Top-k fillers for each ``[MASK]`` in ``text``, via the transformers fill-mask pipeline."""
+    from transformers import pipeline
+
+    from . import zoo
+    from .vocab import load_tokenizer
+
+    if "[MASK]" not in text:
+        raise QingbertError("the text has no [MASK]", hint='e.g. "今天[MASK]气很好"')
+    tok = load_tokenizer(model)
+    m = zoo.load_model(model, head="mlm")
+    m.eval()
+    fill = pipeline("fill-mask", model=m, tokenizer=tok, top_k=top_k)
+    res = fill(text)
+    return [res] if text.count("[MASK]") == 1 else res
+
+
+def format_fill(text: str, results: list) -> str:
+    lines = [text]
+    for i, cands in enumerate(results, 1):
+        lines.append(f"  [MASK] #{i}: " + "  ".join(f"{c['token_str']} ({c['score']:.3f})" for c in cands))
+    return "\n".join(lines)
+
+
+__all__ = ["PretrainConfig", "pretrain", "fill_mask", "format_fill", "open_data", "load_mlm", "tokenizer_info"]
