@@ -32,3 +32,21 @@ def run_without_qingbert(code: str, cwd: Path) -> subprocess.CompletedProcess:
     env["HF_HUB_OFFLINE"] = "1"
     return subprocess.run([sys.executable, "-c", guard + code], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def small_prepared(tmp_path_factory):
+    """A small prepared corpus (reviews dev split, 64-token sequences) for training tests."""
+    from qingbert.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared") / "data"
+    prepare(["builtin:reviews:dev", "builtin:peoples-daily:dev"], out, max_seq_len=64, vocab_size=3000,
+            eval_fraction=0.05, progress=False)
+    return out
+
+
+def cli_env() -> dict:
+    env = dict(os.environ)
+    env["HF_HUB_OFFLINE"] = "1"
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    return env

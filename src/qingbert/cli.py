@@ -18,6 +18,8 @@ VERBS = {
     "zoo": "list the model zoo: shapes, parameter counts, hub ids",
     "prepare": "text sources -> cleaned, deduplicated, segmented, WWM-ready packed shards",
     "vocab": "build a BERT-style WordPiece vocabulary (vocab.txt + tokenizer.json)",
+    "pretrain": "whole-word-masking MLM pretraining (from scratch or continued) on prepared shards",
+    "fill-mask": "show a masked-LM model's top fillers for each [MASK] in a text",
     "demo": "run the pipeline on the built-in Chinese data",
 }
 
@@ -62,6 +64,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-frequency", type=int, default=2)
     p.add_argument("--cased", action="store_true", help="keep case (default: lowercase, like Chinese BERT)")
     p.add_argument("--heldout", type=float, default=0.01, help="share of texts held out to measure the UNK rate")
+
+    p = sub.add_parser("pretrain", help=VERBS["pretrain"], description=VERBS["pretrain"] + (
+        ". Scale out with `accelerate launch --num_processes N -m qingbert pretrain ...`."))
+    p.add_argument("--model", required=True,
+                   help="zoo name (from scratch, e.g. minirbt-h256), a model folder or a hub id (continued)")
+    p.add_argument("--data", required=True, help="a folder made by `qingbert prepare`")
+    p.add_argument("--out", required=True, help="output model folder (checkpoints go inside)")
+    p.add_argument("--config", default=None, help="YAML recipe: any option below (flat or under train:/masking:)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
+    for name, typ, hlp in (("batch-size", int, "sequences per process per step (default 32)"),
+                           ("grad-accum", int, "gradient accumulation steps (default 1)"),
+                           ("epochs", float, "passes over the data (default 1)"),
+                           ("max-steps", int, "optimizer steps; overrides --epochs"),
+                           ("lr", float, "peak learning rate (default 5e-4)"),
+                           ("warmup-ratio", float, "share of steps warming up (default 0.06)"),
+                           ("weight-decay", float, "AdamW weight decay (default 0.01)"),
+                           ("mixed-precision", str, "no | fp16 | bf16 (default no; fp32 on CPU)"),
+                           ("eval-every", int, "evaluate every N steps (default: at the end)"),
+                           ("save-every", int, "checkpoint every N steps (default 200)"),
+                           ("keep-last", int, "checkpoints kept (default 2)"),
+                           ("log-every", int, "log every N steps (default 10)"),
+                           ("seed", int, "random seed (default 42)"),
+                           ("threads", int, "torch CPU threads per process (default: torch's)"),
+                           ("mlm-probability", float, "share of tokens masked, whole words (default 0.15)"),
+                           ("max-ngram", int, "n-gram whole-word masking up to n words (default 1)"),
+                           ("layers", int, "for a zoo shape: number of layers (e.g. a smaller teacher)")):
+        p.add_argument("--" + name, type=typ, default=None, help=hlp)
+
+    p = sub.add_parser("fill-mask", help=VERBS["fill-mask"], description=VERBS["fill-mask"])
+    p.add_argument("model", help="a model folder or hub id")
+    p.add_argument("text", help='text with [MASK], e.g. "今天[MASK]气很好"')
+    p.add_argument("--top-k", type=int, default=5)
 
     p = sub.add_parser("demo", help=VERBS["demo"], description=VERBS["demo"])
     p.add_argument("--out", default="demo-output", help="where the demo writes its folders")
@@ -127,6 +161,32 @@ def run(args: argparse.Namespace) -> int:
                         lowercase=not args.cased, text_field=args.text_field, dedup=args.dedup)
         print(vocab_summary(r))
         print(f"wrote {args.out}: vocab.txt, tokenizer.json (loads with transformers' BertTokenizer)")
+    elif args.verb == "pretrain":
+        from .pretrain import pretrain
+
+        recipe = _load_recipe(args.config)
+        flat = {k.replace("-", "_"): v for k, v in vars(args).items()}
+        for key in ("batch_size", "grad_accum", "epochs", "max_steps", "lr", "warmup_ratio", "weight_decay",
+                    "mixed_precision", "eval_every", "save_every", "keep_last", "log_every", "seed", "threads",
+                    "mlm_probability", "max_ngram"):
+            if flat.get(key) is not None:  # flags beat the recipe
+                recipe[key] = flat[key]
+        if args.resume:
+            recipe["resume"] = True
+        if args.layers:
+            recipe.setdefault("overrides", {})["num_hidden_layers"] = args.layers
+        m = pretrain(args.model, args.data, args.out, recipe)
+        if m:
+            b, a = m.get("eval_before") or {}, m.get("eval_after") or {}
+            if a:
+                print(f"masked-token accuracy {100 * b.get('masked_accuracy', 0):.1f}% -> "
+                      f"{100 * a['masked_accuracy']:.1f}%, perplexity {b.get('perplexity', float('nan')):.1f} -> "
+                      f"{a['perplexity']:.1f}")
+            print(f"{m['steps']} steps in {m['elapsed_s']:.0f} s; wrote {args.out} (loads with transformers)")
+    elif args.verb == "fill-mask":
+        from .pretrain import fill_mask, format_fill
+
+        print(format_fill(args.text, fill_mask(args.model, args.text, args.top_k)))
     elif args.verb == "demo":
         from .demo import demo
 

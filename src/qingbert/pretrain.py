@@ -17,7 +17,7 @@ from pathlib import Path
 from .errors import QingbertError
 from .manifest import read_manifest, write_manifest
 from .mlm import MaskingConfig, MLMObjective, WWMCollator
-from .train import Trainer, TrainConfig
+from .train import Trainer, TrainConfig, seed_everything
 
 FORMAT = "qingbert.model/1"
 
@@ -129,6 +129,7 @@ def pretrain(model: str, data: str | Path, out: str | Path, config: PretrainConf
     out = Path(out)
     t0 = time.time()
     train_ds, eval_ds, tokenizer, data_manifest = open_data(data)
+    seed_everything(cfg.train.seed)  # before the model is built: random init depends on it
     net, init = load_mlm(model, tokenizer, cfg.overrides)
     objective = MLMObjective(net)
     collate = WWMCollator(tokenizer_info(tokenizer), cfg.masking, seed=cfg.train.seed)

@@ -97,6 +97,18 @@ def _fsync_dir(path: Path) -> None:
         pass
 
 
+def _has_accelerator() -> bool:
+    from accelerate.utils import is_mps_available, is_npu_available, is_xpu_available
+
+    return torch.cuda.is_available() or is_xpu_available() or is_npu_available() or is_mps_available()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def list_checkpoints(out: Path) -> list[Path]:
     """Complete checkpoints, newest first (a checkpoint is complete once renamed into place)."""
     root = Path(out) / CHECKPOINTS
@@ -119,8 +131,10 @@ class Trainer:
         self.cfg = cfg or TrainConfig()
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
+        # without any accelerator, processes started by `accelerate launch --multi_gpu` or torchrun
+        # still run data-parallel: on CPU, with gloo
         self.acc = Accelerator(gradient_accumulation_steps=self.cfg.grad_accum,
-                               mixed_precision=self.cfg.mixed_precision)
+                               mixed_precision=self.cfg.mixed_precision, cpu=not _has_accelerator())
         self.out = Path(out)
         self.train_data, self.collate = train_data, collate
         self.eval_data, self.eval_collate = eval_data, eval_collate or collate
@@ -134,7 +148,7 @@ class Trainer:
                 f"({self.cfg.batch_size} x {self.world} processes x {self.cfg.grad_accum} accumulation)",
                 hint="lower --batch-size or --grad-accum, or prepare more text")
         self.total_steps = self.cfg.max_steps or max(1, math.ceil(self.cfg.epochs * self.steps_per_epoch))
-        self._seed_everything(self.cfg.seed)
+        seed_everything(self.cfg.seed)
         self.objective = objective
         params = [p for p in objective.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
@@ -157,11 +171,6 @@ class Trainer:
         self._writer = None
 
     # -- helpers ------------------------------------------------------------
-    def _seed_everything(self, seed: int) -> None:
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-
     def _log(self, record: dict) -> None:
         self.history.append(record)
         if not self.acc.is_main_process:
