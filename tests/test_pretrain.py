@@ -1,7 +1,6 @@
 """Pretraining: masking statistics, the masked-position head, resume after kill -9, 2 processes, outputs."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -268,3 +267,12 @@ def test_untrained_head_is_detected_and_initialised(small_prepared, tmp_path, ca
     m = pretrain(str(folder), small_prepared, tmp_path / "o", {**TINY, "max_steps": 2, "overrides": {}})
     assert "has no trained MLM head" in capsys.readouterr().out
     assert m["init"]["head_initialised"] is True
+
+
+def test_model_folder_without_tokenizer_files_is_accepted(small_prepared, tmp_path):
+    tok = load_tokenizer(str(small_prepared / "tokenizer"))
+    model = BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=1,
+                                       num_attention_heads=2, intermediate_size=128))
+    model.save_pretrained(tmp_path / "weights_only")
+    m = pretrain(str(tmp_path / "weights_only"), small_prepared, tmp_path / "o", {**TINY, "max_steps": 2})
+    assert m["steps"] == 2 and m["init"]["head_initialised"] is False

@@ -153,3 +153,25 @@ def test_no_pack_gives_one_line_per_sequence(wt):
     ids, starts, lengths = wt.encode_lines(sents)
     packed = pack(ids, starts, lengths, 512, 2, 3, concat=False)
     assert len(packed) == int((lengths > 0).sum())
+
+
+def test_fill_packing_fills_sequences_and_keeps_words(wt):
+    sents = [list(w) for w, _ in builtin.peoples_daily("dev")[:300]]
+    ids, starts, lengths = wt.encode_lines(sents)
+    loose = pack(ids, starts, lengths, 128, 2, 3, fill=False)
+    full = pack(ids, starts, lengths, 128, 2, 3, fill=True)
+    fill_rate = len(full.ids) / (128 * len(full))
+    assert fill_rate > 0.97 > len(loose.ids) / (128 * len(loose))
+    # every text token is still there, in order, and no word is split across sequences
+    body = full.ids[full.word_ids >= 0]
+    assert body.tolist() == ids.tolist()
+    for i in range(len(full)):
+        sid, swid = full.sequence(i)
+        assert len(sid) <= 128
+    # a word cut across sequences would show up as a start missing at a sequence's first token
+    rebuilt = []
+    for i in range(len(full)):
+        _, swid = full.sequence(i)
+        w = swid[swid >= 0]
+        rebuilt.extend((np.diff(np.concatenate([[-1], w])) != 0).astype(int).tolist())
+    assert full.hard_cuts == 0 and sum(rebuilt) == int(starts.sum())

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, default=8000, help="size of the vocab built when no --tokenizer")
     p.add_argument("--max-seq-len", type=int, default=512)
     p.add_argument("--no-pack", dest="pack", action="store_false", help="one text per sequence")
+    p.add_argument("--no-fill", dest="fill", action="store_false",
+                   help="start a text that does not fit in a new sequence instead of cutting it to fill this one")
     p.add_argument("--min-chars", type=int, default=2, help="drop texts shorter than this")
     p.add_argument("--max-chars", type=int, default=None,
                    help="cut longer lines at sentence ends (default: max-seq-len - 2)")
@@ -100,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help=VERBS["demo"], description=VERBS["demo"])
     p.add_argument("--out", default="demo-output", help="where the demo writes its folders")
     p.add_argument("--examples", type=int, default=4, help="sentences shown with their whole-word masks")
+    p.add_argument("--steps", type=int, default=None, help="teacher pretraining steps (default 600)")
     return parser
 
 
@@ -146,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
                                 hint="known: " + ", ".join(sorted(known)))
         cfg = PrepareConfig(**recipe)
         defaults = build_parser().parse_args(["prepare", "x", "--out", "x"])
-        for name in ("segmenter", "tokenizer", "vocab_size", "max_seq_len", "pack", "min_chars", "max_chars",
+        for name in ("segmenter", "tokenizer", "vocab_size", "max_seq_len", "pack", "fill", "min_chars", "max_chars",
                      "eval_fraction", "workers", "overwrite", "dedup", "text_field"):
             value = getattr(args, name)
             if value != getattr(defaults, name) or name not in recipe:  # flags beat the recipe
@@ -190,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.verb == "demo":
         from .demo import demo
 
-        demo(args.out, examples=args.examples)
+        demo(args.out, examples=args.examples, steps=args.steps)
     else:
         build_parser().print_help()
         return 1

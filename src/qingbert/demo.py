@@ -1,8 +1,9 @@
 """``qingbert demo``: the pipeline on the built-in Chinese data, end to end.
 
-At this stage: the model zoo, then People's Daily + reviews -> clean/dedup ->
-rjieba segmentation -> a vocab built from the corpus -> WWM-ready packed
-shards, and a few sentences shown with their whole-word masks.
+The model zoo; People's Daily + reviews -> clean/dedup -> rjieba segmentation ->
+a vocab built from the corpus -> WWM-ready packed shards (a few sentences shown
+with their whole-word masks); then a small teacher pretrained with whole-word
+masking, with masked-token accuracy before and after and a few filled-in masks.
 """
 
 from __future__ import annotations
@@ -13,13 +14,19 @@ from pathlib import Path
 import numpy as np
 
 SOURCES = ["builtin:peoples-daily", "builtin:reviews"]
+SEQ_LEN = 128
+# a shape that learns something in a few minutes on 2 CPU cores
+TEACHER = "rbt4-h312"
+TEACHER_RECIPE = {"max_steps": 600, "batch_size": 32, "lr": 1e-3, "warmup_ratio": 0.05, "eval_batches": 8,
+                  "save_every": 200, "log_every": 50}
+FILL = ["中国的首都是北[MASK]。", "今天天[MASK]很好。", "这本书写得很[MASK]，值得一看。", "人民[MASK]报"]
 
 
 def _section(title: str) -> None:
     print(f"\n== {title} ==", flush=True)
 
 
-def demo(out: str | Path = "demo-output", examples: int = 4, seed: int = 0) -> dict:
+def demo(out: str | Path = "demo-output", examples: int = 4, seed: int = 0, steps: int | None = None) -> dict:
     from . import zoo
     from .prepare import load_prepared, prepare, prepare_summary
     from .vocab import load_tokenizer
@@ -32,7 +39,7 @@ def demo(out: str | Path = "demo-output", examples: int = 4, seed: int = 0) -> d
 
     _section("prepare: built-in corpus -> clean/dedup -> rjieba -> vocab -> WWM shards")
     data = out / "corpus"
-    m = prepare(SOURCES, data, overwrite=True)
+    m = prepare(SOURCES, data, overwrite=True, max_seq_len=SEQ_LEN)
     print(prepare_summary(m))
     print(f"folder: {data}")
 
@@ -54,5 +61,23 @@ def demo(out: str | Path = "demo-output", examples: int = 4, seed: int = 0) -> d
         shown += 1
         if shown >= examples:
             break
-    print(f"demo finished in {time.time() - t0:.0f} s; outputs in {out}/")
-    return m
+    _section(f"pretrain: a small teacher ({TEACHER} shape, WWM-MLM)")
+    from .pretrain import fill_mask, format_fill, pretrain
+
+    recipe = dict(TEACHER_RECIPE, max_steps=steps or TEACHER_RECIPE["max_steps"])
+    teacher = out / "teacher"
+    if teacher.exists():
+        import shutil
+
+        shutil.rmtree(teacher)
+    pm = pretrain(TEACHER, data, teacher, recipe)
+    b, a = pm["eval_before"], pm["eval_after"]
+    print(f"{pm['parameters'] / 1e6:.1f} M parameters, {pm['steps']} steps, {pm['tokens_seen']:,} tokens "
+          f"in {pm['elapsed_s']:.0f} s")
+    print(f"held-out masked-token accuracy: {100 * b['masked_accuracy']:.1f}% before -> "
+          f"{100 * a['masked_accuracy']:.1f}% after; perplexity {b['perplexity']:.0f} -> {a['perplexity']:.1f}")
+    for text in FILL:
+        print(format_fill(text, fill_mask(str(teacher), text, top_k=3)))
+    print(f"\ndemo finished in {time.time() - t0:.0f} s; outputs in {out}/ "
+          f"(the teacher loads with transformers: BertForMaskedLM.from_pretrained('{teacher}'))")
+    return {"prepare": m, "pretrain": pm}

@@ -43,6 +43,7 @@ class PrepareConfig:
     vocab_size: int = 8000
     max_seq_len: int = 512
     pack: bool = True  # several lines per sequence ([CLS] a [SEP] b [SEP] ...)
+    fill: bool = True  # cut a text at a word start to fill each sequence to max_seq_len
     dedup: bool = True
     min_chars: int = 2
     max_chars: int | None = None  # cut longer lines at sentence ends; default max_seq_len - 2
@@ -62,7 +63,7 @@ class PrepareConfig:
 _W: dict = {}
 
 
-def _init_worker(tokenizer_json: str, segmenter: str, max_seq_len: int, pack: bool) -> None:
+def _init_worker(tokenizer_json: str, segmenter: str, max_seq_len: int, pack: bool, fill: bool) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     from tokenizers import Tokenizer
 
@@ -76,6 +77,7 @@ def _init_worker(tokenizer_json: str, segmenter: str, max_seq_len: int, pack: bo
         gold=segmenter == "gold",
         max_seq_len=max_seq_len,
         pack=pack,
+        fill=fill,
         cls=backend.token_to_id("[CLS]"),
         sep=backend.token_to_id("[SEP]"),
         unk=backend.token_to_id("[UNK]"),
@@ -99,7 +101,7 @@ def _process_chunk(chunk: tuple[str, list[str]]) -> dict:
                 f1 = [a + b for a, b in zip(f1, span_counts(words, line.split(SEP_WORDS)))]
     before = _W["tok"].specials_dropped
     ids, starts, lengths = _W["tok"].encode_lines(rows)
-    packed = pack(ids, starts, lengths, _W["max_seq_len"], _W["cls"], _W["sep"], concat=_W["pack"])
+    packed = pack(ids, starts, lengths, _W["max_seq_len"], _W["cls"], _W["sep"], concat=_W["pack"], fill=_W["fill"])
     return {
         "split": split, "f1": f1, "chars": sum(map(len, lines)) - sum(line.count(SEP_WORDS) for line in lines),
         "ids": packed.ids, "word_ids": packed.word_ids, "offsets": packed.offsets,
@@ -278,7 +280,7 @@ def _run(files: list[str], out: Path, cfg: PrepareConfig, stats, max_chars: int,
     writers = {s: ShardWriter(out, s, cfg.shard_rows) for s in SPLITS}
     agg = {"f1": [0] * 6, "hard_cuts": 0, "specials_dropped": 0, "empty_lines": 0, "unk": {"train": 0, "eval": 0},
            "line_tokens": {"train": 0, "eval": 0}, "chars": 0}
-    init = (backend.to_str(), cfg.segmenter, cfg.max_seq_len, cfg.pack)
+    init = (backend.to_str(), cfg.segmenter, cfg.max_seq_len, cfg.pack, cfg.fill)
 
     def consume(res: dict) -> None:
         agg["chars"] += res["chars"]

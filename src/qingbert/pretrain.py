@@ -96,10 +96,14 @@ def load_mlm(model: str, tokenizer, overrides: dict | None = None) -> tuple[obje
         m.config.pad_token_id = tokenizer.pad_token_id
         return m, {"init": "random (from scratch)", "zoo": spec.name, "head_initialised": False}
     m, info = zoo.load_model(model, head="mlm", loading_info=True)
-    try:
-        model_tok = zoo.load_tokenizer(model)
-    except QingbertError:
-        model_tok = None
+    model_tok = None
+    local = Path(model)
+    has_tokenizer = not local.is_dir() or any((local / f).exists() for f in ("tokenizer.json", "vocab.txt"))
+    if has_tokenizer:  # (transformers 5 makes an empty 5-token tokenizer from a folder without one)
+        try:
+            model_tok = zoo.load_tokenizer(model)
+        except QingbertError:
+            model_tok = None
     if m.get_input_embeddings().num_embeddings < len(vocab):
         raise QingbertError(f"model {model} has {m.get_input_embeddings().num_embeddings} token embeddings but the "
                             f"data's tokenizer has {len(vocab)} tokens",

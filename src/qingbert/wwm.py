@@ -144,13 +144,19 @@ def _pieces(starts: np.ndarray, a: int, b: int, room: int) -> tuple[list[tuple[i
     return out, hard
 
 
+MIN_FILL = 8  # don't start a text in the last few positions of a sequence
+
+
 def pack(ids: np.ndarray, starts: np.ndarray, lengths: np.ndarray, max_seq_len: int,
-         cls_id: int, sep_id: int, concat: bool = True) -> Packed:
+         cls_id: int, sep_id: int, concat: bool = True, fill: bool = True) -> Packed:
     """Pack lines into ``[CLS] line [SEP] line [SEP] ...`` sequences of at most ``max_seq_len``.
 
     Lines never share a word; a line longer than a sequence is cut at word starts
-    (only a single word longer than a sequence is cut inside).  With
-    ``concat=False`` each line (or piece) is its own sequence.
+    (only a single word longer than a sequence is cut inside).  With ``fill``, a
+    line that does not fit in what is left of a sequence is cut at a word start
+    and continues in the next one, so sequences come out full (no padding needed
+    in training); without it, it starts the next sequence.  With ``concat=False``
+    each line (or piece) is its own sequence.
     """
     if max_seq_len < 4:
         raise ValueError("max_seq_len must be at least 4")
@@ -169,6 +175,16 @@ def pack(ids: np.ndarray, starts: np.ndarray, lengths: np.ndarray, max_seq_len: 
     cur: list[tuple[int, int]] = []
     size = 1
     for a, b in pieces:
+        if cur and concat and fill and size + (b - a + 1) > max_seq_len:
+            # fill the rest of this sequence with the text's first words; the rest opens the next one
+            left = max_seq_len - size - 1
+            if left >= MIN_FILL:
+                later = np.flatnonzero(starts[a + 1:a + left + 1])
+                if len(later):
+                    cut = a + 1 + int(later[-1])
+                    cur.append((a, cut))
+                    size += cut - a + 1
+                    a = cut
         n = b - a + 1
         if cur and (not concat or size + n > max_seq_len):
             seqs.append(cur)
