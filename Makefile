@@ -19,3 +19,4 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/prepare.py
+	$(PY) benchmarks/pretrain.py

@@ -200,8 +200,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_libraries() -> None:
+    """transformers' per-load progress bars and info lines would drown our own output."""
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.disable_progress_bar()
+        tlog.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verb in ("pretrain", "fill-mask", "demo"):
+        _quiet_libraries()
     try:
         return run(args)
     except QingbertError as e:

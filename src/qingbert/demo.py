@@ -15,11 +15,15 @@ import numpy as np
 
 SOURCES = ["builtin:peoples-daily", "builtin:reviews"]
 SEQ_LEN = 128
-# a shape that learns something in a few minutes on 2 CPU cores
-TEACHER = "rbt4-h312"
-TEACHER_RECIPE = {"max_steps": 600, "batch_size": 32, "lr": 1e-3, "warmup_ratio": 0.05, "eval_batches": 8,
-                  "save_every": 200, "log_every": 50}
-FILL = ["中国的首都是北[MASK]。", "今天天[MASK]很好。", "这本书写得很[MASK]，值得一看。", "人民[MASK]报"]
+# A shape that learns something in about three minutes on 2 CPU cores: MiniRBT-H256's width with
+# 2 layers.  Measured here: RBT4-H312 (600 steps, lr 1e-3, batch 32, 11 min) stayed on the unigram
+# plateau (5 % masked accuracy, every [MASK] filled with ","), so did 2 x 256 at lr 2e-3; at lr 5e-4,
+# batch 16, 800 steps it reaches about 12-13 % (1e-3 with longer warmup: the same).
+TEACHER = "minirbt-h256"
+TEACHER_RECIPE = {"max_steps": 800, "batch_size": 16, "lr": 5e-4, "warmup_ratio": 0.1, "eval_batches": 16,
+                  "save_every": 200, "log_every": 50, "overrides": {"num_hidden_layers": 2}}
+# whole words masked, as in training (a WWM model never sees half a word masked)
+FILL = ["今天[MASK][MASK]很好。", "这本书写得很[MASK][MASK]，值得一看。", "中国[MASK][MASK]发展很快。"]
 
 
 def _section(title: str) -> None:
@@ -61,7 +65,7 @@ def demo(out: str | Path = "demo-output", examples: int = 4, seed: int = 0, step
         shown += 1
         if shown >= examples:
             break
-    _section(f"pretrain: a small teacher ({TEACHER} shape, WWM-MLM)")
+    _section(f"pretrain: a small teacher ({TEACHER} width, 2 layers, WWM-MLM, about 3 minutes)")
     from .pretrain import fill_mask, format_fill, pretrain
 
     recipe = dict(TEACHER_RECIPE, max_steps=steps or TEACHER_RECIPE["max_steps"])
