@@ -1,0 +1,20 @@
+"""The README's main command runs end to end (with a few pretraining steps)."""
+
+import subprocess
+import sys
+
+from .conftest import cli_env
+
+
+def test_demo_runs_every_stage(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "qingbert", "demo", "--out", str(tmp_path / "demo"), "--steps", "20"],
+                       capture_output=True, text=True, env=cli_env(), timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout
+    for section in ("== model zoo", "== prepare", "== whole-word masks", "== pretrain"):
+        assert section in out
+    assert "minirbt-h256" in out and "segmentation vs gold: word F1" in out
+    assert out.count("masked: [CLS]") == 4 and "[MASK]" in out
+    assert "held-out masked-token accuracy" in out and "demo finished" in out
+    assert (tmp_path / "demo" / "teacher" / "model.safetensors").exists()
+    assert "Traceback" not in r.stderr
