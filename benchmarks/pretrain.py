@@ -506,7 +506,7 @@ def markdown(report: dict) -> str:
               "(same real and padded token counts). HF whole-word masking gets offsets derived from "
               "qingbert's word ids, so it masks the same words; it replaces chosen words with [MASK] "
               "only (no random tokens), qingbert 80/10/10. Optimizers: qingbert "
-              "`torch.optim.AdamW` (default, per-tensor loop on CPU), HF its default "
+              "`torch.optim.AdamW(fused=True)`, HF its default "
               f"`{report['shapes'].get('h256', {}).get('results', {}).get('hf', {}).get('optimizer', '?')}`."]
     prof = report.get("profile")
     if prof and "median_ms" in prof:
