@@ -181,6 +181,9 @@ def fill_mask(model: str, text: str, top_k: int = 5) -> list:
     from . import zoo
     from .vocab import load_tokenizer
 
+    from .corpus import clean_text
+
+    text = clean_text(text)  # the same clean-up as the training text (full-width -> half-width, ...)
     if "[MASK]" not in text:
         raise QingbertError("the text has no [MASK]", hint='e.g. "今天[MASK]气很好"')
     tok = load_tokenizer(model)
