@@ -24,17 +24,16 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib.metadata as _md
 import json
 import os
-import platform
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import _common  # benchmarks/_common.py (the script folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -207,54 +206,17 @@ def run_child(method: str, corpus: str, work: Path, tokenizer: str, procs: int, 
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", method, "--corpus", corpus,
            "--out", str(work / f"out-{method}"), "--tokenizer", tokenizer, "--procs", str(procs)]
     env = dict(os.environ)  # as a user runs it: tokenizers' own threading left at its default
-    t = time.perf_counter()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"skipped": f"timed out after {timeout:.0f} s"}
-    wall = time.perf_counter() - t
-    for line in reversed(p.stdout.splitlines()):
-        if line.startswith("RESULT "):
-            res = json.loads(line[7:])
-            res["process_wall_s"] = round(wall, 3)
-            return res
-    tail = (p.stderr or p.stdout).strip().splitlines()[-5:]
-    return {"skipped": f"exit code {p.returncode}: " + " | ".join(tail)}
+    return _common.run_result_child(cmd, env, timeout)
 
 
 # ---------------------------------------------------------------------------
 # Report
 
 def versions() -> dict:
-    out = {}
-    for name in ("qingbert", "jieba", "rjieba", "tokenizers", "transformers", "pyarrow", "numpy"):
-        try:
-            out[name] = _md.version(name)
-        except _md.PackageNotFoundError:
-            out[name] = None
-    return out
+    return _common.versions(("qingbert", "jieba", "rjieba", "tokenizers", "transformers", "pyarrow", "numpy"))
 
 
-def machine() -> dict:
-    info = {"cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "machine": platform.machine()}
-    try:
-        info["cpu_affinity"] = len(os.sched_getaffinity(0))
-    except AttributeError:
-        pass
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    info["cpu_model"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        info["load_avg_at_start"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
-    return info
+machine = _common.machine
 
 
 def markdown(results: dict, corpus: dict, info: dict, goals: list) -> str:

@@ -53,18 +53,17 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib.metadata as _md
 import itertools
 import json
 import os
-import platform
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import _common  # benchmarks/_common.py (the script folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -409,56 +408,20 @@ def run_child(method: str, args, work: Path, shape: str = "", steps: int = 0, ba
            "--seq-len", str(args.seq_len), "--threads", str(args.threads),
            "--warmup-steps", str(args.warmup_steps), "--shapes", args.shapes_csv]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    t = time.perf_counter()
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
-    except subprocess.TimeoutExpired:
-        return {"skipped": f"timed out after {timeout:.0f} s"}
+        return _common.run_result_child(cmd, env, timeout, tail_lines=6)
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    wall = time.perf_counter() - t
-    for line in reversed(p.stdout.splitlines()):
-        if line.startswith("RESULT "):
-            res = json.loads(line[7:])
-            res["process_wall_s"] = round(wall, 2)
-            return res
-    tail = (p.stderr or p.stdout).strip().splitlines()[-6:]
-    return {"skipped": f"exit code {p.returncode}: " + " | ".join(tail)}
 
 
 # ---------------------------------------------------------------------------
 # Report
 
 def versions() -> dict:
-    out = {}
-    for name in ("qingbert", "torch", "transformers", "accelerate", "datasets", "tokenizers", "numpy"):
-        try:
-            out[name] = _md.version(name)
-        except _md.PackageNotFoundError:
-            out[name] = None
-    return out
+    return _common.versions(("qingbert", "torch", "transformers", "accelerate", "datasets", "tokenizers", "numpy"))
 
 
-def machine() -> dict:
-    info = {"cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "machine": platform.machine()}
-    try:
-        info["cpu_affinity"] = len(os.sched_getaffinity(0))
-    except AttributeError:
-        pass
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    info["cpu_model"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        info["load_avg_at_start"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
-    return info
+machine = _common.machine
 
 
 def _fmt(x, spec=",.0f"):
