@@ -319,6 +319,8 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.state["step"], desc="train", unit="step",
                    disable=None if (cfg.progress and self.acc.is_main_process) else True)
+        # no terminal (a log file, CI, a scheduler): one plain line per logged window instead of a bar
+        self._log_lines = cfg.progress and self.acc.is_main_process and bar.disable
         window = {"loss": 0.0, "n": 0, "tokens": 0, "masked": 0, "correct": 0, "t": time.time()}
         bs, world = cfg.batch_size, self.world
         while self.state["step"] < self.total_steps:
@@ -381,6 +383,10 @@ class Trainer:
         if vec[3]:
             rec["masked_accuracy"] = vec[4] / vec[3]
         self._log(rec)
+        if getattr(self, "_log_lines", False):
+            acc = f" masked-acc {100 * rec['masked_accuracy']:.1f}%" if "masked_accuracy" in rec else ""
+            print(f"step {step}/{self.total_steps} loss {rec['loss']:.4f} lr {rec['lr']:.2e}{acc} "
+                  f"{rec['tokens_per_s']:,.0f} tok/s", flush=True)
         w.update(loss=0.0, n=0, tokens=0, masked=0, correct=0, t=time.time())
 
     def unwrapped_objective(self):
