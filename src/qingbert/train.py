@@ -140,8 +140,9 @@ class Trainer:
         self.eval_data, self.eval_collate = eval_data, eval_collate or collate
         self.world, self.rank = self.acc.num_processes, self.acc.process_index
         n = len(train_data)
-        self.micro_per_epoch = n // (self.cfg.batch_size * self.world)
-        self.steps_per_epoch = self.micro_per_epoch // self.cfg.grad_accum
+        # whole optimizer steps per epoch (the remainder is dropped, so accumulation never spans epochs)
+        self.steps_per_epoch = n // (self.cfg.batch_size * self.world * self.cfg.grad_accum)
+        self.micro_per_epoch = self.steps_per_epoch * self.cfg.grad_accum
         if self.steps_per_epoch == 0:
             raise QingbertError(
                 f"{n} training sequences are fewer than one optimizer step "
