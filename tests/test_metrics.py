@@ -62,15 +62,15 @@ def test_mixed_segmentation_whitespace_splits_ascii_runs():
     assert mixed_segmentation("  Hello World 你好 ") == ["hello", "world", "你", "好"]
 
 
-def test_remove_punctuation_ascii_and_chinese():
-    tokens = ["《", "三", "体", "》", "，", "。", "a", "!", "、", "…", "（", "）", "-", " "]
-    assert remove_punctuation(tokens) == ["三", "体", "a"]
-    assert remove_punctuation(mixed_segmentation("我爱NLP2024年，ok!")) == [
-        "我", "爱", "nlp2024", "年", "ok",
-    ]
+def test_remove_punctuation_is_the_official_list():
+    # the official list: Chinese marks plus only - : _ * ^ / \ ~ ` + = among ASCII; '……' is two
+    # characters, so a single '…' stays; '!' '.' '%' are not in it either; inner spaces stay
+    assert remove_punctuation(" 《三体》，“好”、-_+=/  ") == "三体好"
+    assert remove_punctuation("A…b!. 3%") == "a…b!. 3%"
+    # F1 tokens drop the listed marks only, and nltk splits the ASCII run
+    assert mixed_segmentation("我爱NLP2024年，ok!", rm_punc=True) == ["我", "爱", "nlp2024", "年", "ok", "!"]
+    assert mixed_segmentation("增长3.5%，约10亿") == ["增", "长", "3.5", "%", "，", "约", "10", "亿"]
 
-
-# ---------------------------------------------------------------- CMRC: F1 / EM
 
 def test_lcs_is_substring_not_subsequence():
     # common subsequence a,c,e has length 3, but longest common substring is 1
@@ -90,6 +90,7 @@ def test_pair_f1_partial_overlap():
 def test_exact_match_ignores_punctuation_and_case():
     assert exact_match("《三体》", "三体") == 1
     assert exact_match("NLP！", "nlp") == 1
+    assert exact_match("new york", "newyork") == 0  # spaces inside an answer count, as in the official EM
     assert exact_match("三体", "三体二") == 0
 
 

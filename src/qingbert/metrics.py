@@ -19,7 +19,7 @@ JSON files store ``[start, end]`` with ``end`` INCLUSIVE; convert with
 
 from __future__ import annotations
 
-import string
+import re
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -102,63 +102,63 @@ def macro_f1(
 # CMRC 2018 / DRCD span extraction
 # ---------------------------------------------------------------------------
 
-#: Punctuation removed before scoring: ASCII ``string.punctuation`` plus the
-#: Chinese / full-width marks listed by the CMRC 2018 evaluation.  ``'……'`` is
-#: two characters, so the single ``'…'`` is included as well because
-#: segmentation works character by character.
-PUNCTUATION: frozenset[str] = frozenset(string.punctuation) | frozenset(
+#: The punctuation the official CMRC 2018 evaluation removes (its ``sp_char`` list, as is:
+#: only these ASCII marks, and ``'……'`` is two characters, so a single ``'…'`` is kept).
+PUNCTUATION: frozenset[str] = frozenset(
     [
-        "－", "：", "_", "*", "^", "/", "\\", "~", "`", "+", "=",
-        "，", "。", "：", "？", "！", "“", "”", "；", "’", "《", "》",
-        "……", "…", "·", "、", "「", "」", "（", "）", "－", "～", "『", "』",
+        "-", ":", "_", "*", "^", "/", "\\", "~", "`", "+", "=",
+        "，", "。", "：", "？", "！", "“", "”", "；", "’", "《", "》", "……", "·", "、",
+        "「", "」", "（", "）", "－", "～", "『", "』",
     ]
 )
+_CHINESE = re.compile("[\u4e00-\u9fa5]")  # the official script's test for a Chinese character
 
 
-def _is_cjk(ch: str) -> bool:
-    """True for a CJK ideograph (basic block, extension A, compatibility)."""
-    o = ord(ch)
-    return 0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0xF900 <= o <= 0xFAFF
+def _word_tokenize(text: str) -> list[str]:
+    """nltk's ``word_tokenize``, as the official script uses for non-Chinese runs.
+
+    ``preserve_line=True`` skips nltk's Punkt sentence splitter, whose model is a
+    separate download; for answer-length strings the tokens are the same.
+    """
+    from nltk.tokenize import word_tokenize
+
+    return word_tokenize(text, preserve_line=True)
 
 
-def mixed_segmentation(text: str) -> list[str]:
-    """Lowercase ``text`` and split it into CMRC-style mixed tokens.
-
-    Each CJK character is its own token, each punctuation character (see
-    :data:`PUNCTUATION`) is its own token, and every other run of characters
-    (ASCII letters/digits, etc.) between them is kept together, split only
-    on whitespace.  Whitespace itself never becomes a token.
+def mixed_segmentation(text: str, rm_punc: bool = False) -> list[str]:
+    """CMRC 2018 tokens: lowercased; each Chinese character and each punctuation mark
+    (:data:`PUNCTUATION`) its own token; other runs tokenized by nltk's word tokenizer.
+    With ``rm_punc`` the punctuation marks are dropped (as for F1).
 
     >>> mixed_segmentation("我爱NLP2024年，ok!")
     ['我', '爱', 'nlp2024', '年', '，', 'ok', '!']
     """
     tokens: list[str] = []
-    buf: list[str] = []
-
-    def flush() -> None:
-        if buf:
-            tokens.extend("".join(buf).split())
-            buf.clear()
-
-    for ch in str(text).lower():
-        if _is_cjk(ch) or ch in PUNCTUATION:
-            flush()
+    run = ""
+    for ch in str(text).lower().strip():
+        if rm_punc and ch in PUNCTUATION:
+            continue
+        if _CHINESE.match(ch) or ch in PUNCTUATION:
+            if run:
+                tokens.extend(_word_tokenize(run))
+                run = ""
             tokens.append(ch)
         else:
-            buf.append(ch)
-    flush()
+            run += ch
+    if run:
+        tokens.extend(_word_tokenize(run))
     return tokens
 
 
-def remove_punctuation(tokens: Iterable[str]) -> list[str]:
-    """Drop tokens that are punctuation (members of :data:`PUNCTUATION`) or
-    whitespace-only / empty; order of the rest is kept."""
-    return [t for t in tokens if t not in PUNCTUATION and t.strip()]
+def remove_punctuation(text: str) -> str:
+    """The official EM normalisation: lowercase, strip the ends, drop :data:`PUNCTUATION` characters
+    (spaces inside the string are kept)."""
+    return "".join(ch for ch in str(text).lower().strip() if ch not in PUNCTUATION)
 
 
 def normalize_answer(text: str) -> list[str]:
-    """``remove_punctuation(mixed_segmentation(text))`` — the scoring tokens."""
-    return remove_punctuation(mixed_segmentation(text))
+    """The F1 tokens: ``mixed_segmentation(text, rm_punc=True)``."""
+    return mixed_segmentation(text, rm_punc=True)
 
 
 def lcs_len(a: Sequence, b: Sequence) -> int:
@@ -197,9 +197,9 @@ def pair_f1(pred: str, gold: str) -> float:
 
 
 def exact_match(pred: str, gold: str) -> int:
-    """1 if the normalised strings (tokens joined with no separator, so case,
-    punctuation and whitespace are ignored) are equal, else 0."""
-    return int("".join(normalize_answer(pred)) == "".join(normalize_answer(gold)))
+    """1 if the strings are equal after :func:`remove_punctuation` (case and the listed
+    punctuation ignored), else 0 — the official CMRC 2018 EM."""
+    return int(remove_punctuation(pred) == remove_punctuation(gold))
 
 
 def cmrc_scores(
