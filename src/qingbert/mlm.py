@@ -168,6 +168,7 @@ class MLMObjective(torch.nn.Module):
     """WWM-MLM pretraining: wraps a masked-LM model; ``forward(batch) -> (loss, metrics)``."""
 
     name = "wwm-mlm"
+    accuracy_name = "masked_accuracy"
 
     def __init__(self, model):
         super().__init__()

@@ -1,7 +1,8 @@
 """The training loop: one plain loop on HF accelerate, shared by pretraining, distillation and fine-tuning.
 
 An *objective* is a ``torch.nn.Module`` whose ``forward(batch)`` returns
-``(loss, metrics)``; it owns the model(s) being trained (and e.g. a frozen
+``(loss, metrics)`` (metrics may carry ``correct`` and ``count`` for a running
+accuracy, logged under the objective's ``accuracy_name``); it owns the model(s) being trained (and e.g. a frozen
 teacher or projections).  The loop owns everything else: data order, gradient
 accumulation, AdamW with linear warmup/decay, clipping, mixed precision,
 logging (console, TensorBoard, ``metrics.jsonl``), evaluation, atomic
@@ -344,7 +345,7 @@ class Trainer:
                 window["loss"] += float(loss.detach())
                 window["n"] += 1
                 window["tokens"] += ntok
-                window["masked"] += int(metrics.get("masked_tokens", 0))
+                window["masked"] += int(metrics.get("count", metrics.get("masked_tokens", 0)))
                 window["correct"] += int(metrics.get("correct", 0))
                 if not self.acc.sync_gradients:
                     continue
@@ -381,11 +382,12 @@ class Trainer:
         elapsed = max(1e-9, time.time() - w["t"])
         rec = {"split": "train", "step": step, "epoch": self.state["epoch"], "loss": vec[0] / max(1, vec[1]),
                "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": vec[2] / elapsed}
+        name = getattr(self.objective, "accuracy_name", "accuracy")
         if vec[3]:
-            rec["masked_accuracy"] = vec[4] / vec[3]
+            rec[name] = vec[4] / vec[3]
         self._log(rec)
         if getattr(self, "_log_lines", False):
-            acc = f" masked-acc {100 * rec['masked_accuracy']:.1f}%" if "masked_accuracy" in rec else ""
+            acc = f" {name.replace('_', '-')} {100 * rec[name]:.1f}%" if name in rec else ""
             print(f"step {step}/{self.total_steps} loss {rec['loss']:.4f} lr {rec['lr']:.2e}{acc} "
                   f"{rec['tokens_per_s']:,.0f} tok/s", flush=True)
         w.update(loss=0.0, n=0, tokens=0, masked=0, correct=0, t=time.time())
