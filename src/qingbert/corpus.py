@@ -69,14 +69,23 @@ class Stats:
         }
 
     def summary(self) -> str:
-        parts = [f"read {self.lines_read:,} lines, kept {self.records_kept:,} texts ({self.chars_kept:,} chars)"]
-        if self.dropped:
-            parts.append("dropped " + ", ".join(f"{n:,} {r}" for r, n in sorted(self.dropped.items())))
-        if self.long_lines:
-            parts.append(f"split {self.long_lines:,} long lines into {self.pieces_from_long_lines:,} pieces")
-        if self.skipped_files:
-            parts.append(f"skipped {len(self.skipped_files)} files")
-        return "; ".join(parts)
+        return summarize(self.to_dict())
+
+
+def summarize(c: dict) -> str:
+    """One line on what reading and cleaning did (from :meth:`Stats.to_dict`, e.g. a manifest's ``corpus``)."""
+    dropped = ", ".join(f"{n:,} {r}" for r, n in c["dropped"].items()) or "none"
+    s = (f"read {c['lines_read']:,} lines, kept {c['records_kept']:,} texts ({c['chars_kept']:,} chars); "
+         f"dropped: {dropped}; dedup rate {100 * c['dedup_rate']:.1f}%")
+    for f in c["files"]:
+        if "dedup" in f:  # built-in sets are deduplicated (before splitting) when loaded
+            d = f["dedup"]
+            s += f"; {f['path']}: {d['duplicate']:,} of {d['lines']:,} lines were duplicates"
+    if c["long_lines_split"]:
+        s += f"; {c['long_lines_split']:,} long lines split into {c['pieces_from_long_lines']:,} pieces"
+    if c["skipped_files"]:
+        s += "; skipped files: " + ", ".join(f"{f['path']} ({f['reason']})" for f in c["skipped_files"][:5])
+    return s
 
 
 # ---------------------------------------------------------------------------
@@ -375,6 +384,6 @@ def is_cjk(ch: str) -> bool:
 
 
 __all__ = [
-    "Stats", "clean_text", "clean_words", "split_long", "read_sources", "read_file",
+    "Stats", "summarize", "clean_text", "clean_words", "split_long", "read_sources", "read_file",
     "expand_sources", "clean_records", "text_hash", "is_cjk",
 ]

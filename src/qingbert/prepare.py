@@ -375,7 +375,7 @@ def load_prepared(folder: str | Path, split: str = "train"):
 
 
 def prepare_summary(m: dict) -> str:
-    lines = [corpus_summary(m["corpus"])]
+    lines = [corpus.summarize(m["corpus"])]
     sp = m["splits"]
     lines.append(
         f"segmenter {m['segmenter']}, tokenizer: {m['tokenizer']['source']} ({m['tokenizer']['vocab_size']:,} tokens)")
@@ -389,18 +389,3 @@ def prepare_summary(m: dict) -> str:
                      f"{sp[s]['tokens']:,} tokens, UNK {100 * sp[s]['unk_rate']:.3f}%")
     lines.append(f"{m['elapsed_s']:.1f} s, {m['chars_per_s']:,} chars/s on {m['workers']} workers")
     return "\n".join(lines)
-
-
-def corpus_summary(c: dict) -> str:
-    dropped = ", ".join(f"{n:,} {r}" for r, n in c["dropped"].items()) or "none"
-    s = (f"read {c['lines_read']:,} lines, kept {c['records_kept']:,} texts ({c['chars_kept']:,} chars); "
-         f"dropped: {dropped}; dedup rate {100 * c['dedup_rate']:.1f}%")
-    for f in c["files"]:
-        if "dedup" in f:  # built-in sets are deduplicated (before splitting) when loaded
-            d = f["dedup"]
-            s += f"; {f['path']}: {d['duplicate']:,} of {d['lines']:,} lines were duplicates"
-    if c["long_lines_split"]:
-        s += f"; {c['long_lines_split']:,} long lines split into {c['pieces_from_long_lines']:,} pieces"
-    if c["skipped_files"]:
-        s += "; skipped files: " + ", ".join(f"{f['path']} ({f['reason']})" for f in c["skipped_files"][:5])
-    return s

@@ -101,13 +101,6 @@ class WordTokenizer:
         return ids, starts, csum[ends] - csum[ends - n_words]
 
 
-def word_ids_from_starts(starts: np.ndarray, special: np.ndarray) -> np.ndarray:
-    """Word ids of one sequence from word-start flags; special positions get -1."""
-    wid = np.cumsum(starts.astype(np.int32)) - 1
-    wid[special] = -1
-    return wid.astype(np.int32)
-
-
 @dataclass
 class Packed:
     """Packed sequences as flat arrays: sequence i is ``ids[offsets[i]:offsets[i+1]]``."""
