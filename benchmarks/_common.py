@@ -6,7 +6,9 @@ import importlib.metadata as _md
 import json
 import os
 import platform
+import resource
 import subprocess
+import sys
 import time
 
 
@@ -57,3 +59,23 @@ def machine() -> dict:
     except OSError:
         pass
     return info
+
+
+def peak_rss_mib() -> tuple[float, float]:
+    """(own peak RSS, largest waited-for child's peak RSS) in MiB.
+
+    Own peak from VmHWM where there is /proc: getrusage(RUSAGE_SELF) of a freshly
+    spawned process can still report the parent's peak (Linux keeps the pre-exec
+    high-water mark).
+    """
+    unit = 1 if sys.platform == "darwin" else 1024
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2**20
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    own = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * unit / 2**20
+    return round(own, 1), round(kids, 1)

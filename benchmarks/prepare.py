@@ -26,7 +26,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -89,20 +88,8 @@ def read_lines(path: str) -> list[str]:
 # Methods, each run in its own subprocess (``--child METHOD``)
 
 def _rss_mib() -> dict:
-    # Own peak from VmHWM where there is /proc: getrusage(RUSAGE_SELF) of a freshly
-    # spawned process can still report the parent's peak (Linux keeps the pre-exec
-    # high-water mark).  Children: the largest waited-for child (pool workers).
-    unit = 1 if sys.platform == "darwin" else 1024
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2**20
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    own = int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * unit / 2**20
-    return {"peak_rss_self_mib": round(own, 1), "peak_rss_children_mib": round(kids, 1)}
+    own, kids = _common.peak_rss_mib()
+    return {"peak_rss_self_mib": own, "peak_rss_children_mib": kids}
 
 
 def run_prepare(corpus: str, out: str, tokenizer: str | None, workers: int) -> dict:

@@ -56,7 +56,6 @@ import datetime as _dt
 import itertools
 import json
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -87,19 +86,7 @@ EVAL_EPOCH = 2**31 - 1  # the collator epoch qingbert's evaluation uses
 # Helpers shared by the children
 
 def _rss_mib() -> dict:
-    # Own peak from VmHWM where there is /proc: getrusage(RUSAGE_SELF) of a freshly
-    # spawned process can still report the parent's peak (Linux keeps the pre-exec
-    # high-water mark).
-    unit = 1 if sys.platform == "darwin" else 1024
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2**20
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    own = int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return {"peak_rss_mib": round(own, 1)}
+    return {"peak_rss_mib": _common.peak_rss_mib()[0]}
 
 
 def _steady(ends: list[float], tokens: list[int], padded: list[int], warmup: int) -> dict:
