@@ -106,6 +106,7 @@ def _clean_table() -> dict:
 
 
 _TABLE = _clean_table()
+_SAME_LENGTH = {cp: (" " if v is None else v) for cp, v in _TABLE.items()}
 _SPACES = re.compile(r"\s{2,}")
 
 
@@ -115,6 +116,12 @@ def clean_text(text: str) -> str:
     if "  " in text:
         text = _SPACES.sub(" ", text)
     return text.strip()
+
+
+def normalize_chars(text: str) -> str:
+    """The clean-up of :func:`clean_text` one character for one (dropped characters become spaces),
+    so character offsets (NER spans, answer starts) stay valid."""
+    return text.translate(_SAME_LENGTH)
 
 
 def clean_words(words: Iterable[str]) -> list[str]:

@@ -137,6 +137,8 @@ def finetune(model: str, task: str, out: str | Path, data_dir: str | None = None
     trainer = Trainer(objective, train, PadCollator(tokenizer.pad_token_id), out, cfg, eval_data=dev)
     history = trainer.run()
     dev_metrics = next((h for h in reversed(history) if h.get("split") == "eval"), {})
+    dev_metrics = {k: v for k, v in dev_metrics.items() if k not in ("split", "step")}
+    dev_metrics.update(metric="accuracy", score=100 * dev_metrics.get("accuracy", 0.0))
     if trainer.acc.is_main_process:
         from .vocab import save_tokenizer
 
@@ -152,4 +154,5 @@ def finetune(model: str, task: str, out: str | Path, data_dir: str | None = None
         write_manifest(out, manifest)
         (out / "dev_metrics.json").write_text(json.dumps(manifest["dev"], indent=2))
     trainer.acc.wait_for_everyone()
-    return {"dev": dev_metrics, "steps": trainer.state["step"], "labels": t.labels}
+    return {"dev": dev_metrics, "steps": trainer.state["step"], "labels": t.labels, "out": str(out),
+            "elapsed_s": round(time.time() - t0, 2)}
