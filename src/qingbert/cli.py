@@ -20,6 +20,9 @@ VERBS = {
     "vocab": "build a BERT-style WordPiece vocabulary (vocab.txt + tokenizer.json)",
     "pretrain": "whole-word-masking MLM pretraining (from scratch or continued) on prepared shards",
     "fill-mask": "show a masked-LM model's top fillers for each [MASK] in a text",
+    "finetune": "fine-tune a model on a Chinese task (classification, pair, NER, MRC); dev scores + predictions",
+    "predict": "predict a task split with a fine-tuned folder; writes CLUE / CMRC submission files",
+    "bench": "the MiniRBT fine-tuning protocol: lr grid x epochs x seeds over models and tasks; tables + plot",
     "demo": "run the pipeline on the built-in Chinese data",
 }
 
@@ -31,6 +34,75 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--text-field", default="text", help="field holding the text in .jsonl files (default: text)")
     p.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep exact duplicate lines")
+
+
+TRAIN_FLAGS = (("batch-size", int, "sequences per process per step (default 32)"),
+               ("grad-accum", int, "gradient accumulation steps (default 1)"),
+               ("epochs", float, "passes over the data"),
+               ("max-steps", int, "optimizer steps; overrides --epochs"),
+               ("lr", float, "peak learning rate"),
+               ("warmup-ratio", float, "share of steps warming up (default 0.06)"),
+               ("weight-decay", float, "AdamW weight decay (default 0.01)"),
+               ("mixed-precision", str, "no | fp16 | bf16 (default no; fp32 on CPU)"),
+               ("eval-every", int, "evaluate every N steps (default: at the end)"),
+               ("save-every", int, "checkpoint every N steps (0 = never)"),
+               ("keep-last", int, "checkpoints kept (default 2)"),
+               ("log-every", int, "log every N steps (default 10)"),
+               ("seed", int, "random seed (default 42)"),
+               ("threads", int, "torch CPU threads per process (default: torch's)"))
+PRETRAIN_FLAGS = (("mlm-probability", float, "share of tokens masked, whole words (default 0.15)"),
+                  ("max-ngram", int, "n-gram whole-word masking up to n words (default 1)"))
+FINETUNE_FLAGS = (("max-len", int, "tokens per sequence / MRC window (default 128)"),
+                  ("doc-stride", int, "MRC: overlap of windows over a long context (default 128)"),
+                  ("max-query-len", int, "MRC: question tokens kept (default 64)"),
+                  ("max-answer-len", int, "MRC: longest answer in tokens (default 50)"),
+                  ("n-best", int, "MRC: candidates per window (default 20)"),
+                  ("max-train-examples", int, "use a fixed random subset of the training set"),
+                  ("tokenizer", str, "vocabulary for --model random:<zoo name>"))
+
+
+def _add_train_args(p: argparse.ArgumentParser, extra=()) -> None:
+    for name, typ, hlp in TRAIN_FLAGS + tuple(extra):
+        p.add_argument("--" + name, type=typ, default=None, help=hlp)
+
+
+def _recipe_with_flags(args: argparse.Namespace, extra=()) -> dict:
+    """The YAML recipe (--config) with every given flag on top (flags beat the recipe)."""
+    recipe = _load_recipe(args.config)
+    for name, _, _ in TRAIN_FLAGS + tuple(extra):
+        value = getattr(args, name.replace("-", "_"))
+        if value is not None:
+            recipe[name.replace("-", "_")] = value
+    return recipe
+
+
+def _add_task_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True,
+                   help="tnews, afqmc, iflytek, cmnli, ocnli, cluewsc2020, csl, eprstmt, bustm, lcqmc, bq, "
+                        "chnsenticorp, thucnews, cmrc2018, drcd, cluener, builtin:reviews-sentiment, "
+                        "builtin:peoples-daily-ner; or classification / pair with --text-col etc. for any file")
+    p.add_argument("--data", default=None, help="folder with the task's files as distributed "
+                                                "(default $QINGBERT_TASK_DIR/<task>), or one file for a generic task")
+    p.add_argument("--text-col", default=None, help="generic task: column of the text (name or 0-based index)")
+    p.add_argument("--text-b-col", default=None, help="generic pair task: column of the second text")
+    p.add_argument("--label-col", default=None, help="generic task: column of the label")
+    p.add_argument("--id-col", default=None, help="generic task: column of the id")
+
+
+def _task_from_args(args: argparse.Namespace):
+    """A task name, or a Task read with the generic column mapping."""
+    if args.task in ("classification", "pair"):
+        from .tasks import load_generic
+
+        if args.data is None or args.text_col is None:
+            raise QingbertError(f"a generic {args.task} task needs --data FILE_OR_DIR and --text-col")
+
+        def col(c):
+            return int(c) if c is not None and str(c).isdigit() else c
+
+        return load_generic(args.data, args.task, col(args.text_col), col(args.text_b_col), col(args.label_col),
+                            col(args.id_col))
+    return args.task
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,29 +147,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output model folder (checkpoints go inside)")
     p.add_argument("--config", default=None, help="YAML recipe: any option below (flat or under train:/masking:)")
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
-    for name, typ, hlp in (("batch-size", int, "sequences per process per step (default 32)"),
-                           ("grad-accum", int, "gradient accumulation steps (default 1)"),
-                           ("epochs", float, "passes over the data (default 1)"),
-                           ("max-steps", int, "optimizer steps; overrides --epochs"),
-                           ("lr", float, "peak learning rate (default 5e-4)"),
-                           ("warmup-ratio", float, "share of steps warming up (default 0.06)"),
-                           ("weight-decay", float, "AdamW weight decay (default 0.01)"),
-                           ("mixed-precision", str, "no | fp16 | bf16 (default no; fp32 on CPU)"),
-                           ("eval-every", int, "evaluate every N steps (default: at the end)"),
-                           ("save-every", int, "checkpoint every N steps (default 200)"),
-                           ("keep-last", int, "checkpoints kept (default 2)"),
-                           ("log-every", int, "log every N steps (default 10)"),
-                           ("seed", int, "random seed (default 42)"),
-                           ("threads", int, "torch CPU threads per process (default: torch's)"),
-                           ("mlm-probability", float, "share of tokens masked, whole words (default 0.15)"),
-                           ("max-ngram", int, "n-gram whole-word masking up to n words (default 1)"),
-                           ("layers", int, "for a zoo shape: number of layers (e.g. a smaller teacher)")):
-        p.add_argument("--" + name, type=typ, default=None, help=hlp)
+    _add_train_args(p, PRETRAIN_FLAGS)
+    p.add_argument("--layers", type=int, default=None, help="for a zoo shape: number of layers (a smaller teacher)")
 
     p = sub.add_parser("fill-mask", help=VERBS["fill-mask"], description=VERBS["fill-mask"])
     p.add_argument("model", help="a model folder or hub id")
     p.add_argument("text", help='text with [MASK], e.g. "今天[MASK]气很好"')
     p.add_argument("--top-k", type=int, default=5)
+
+    p = sub.add_parser("finetune", help=VERBS["finetune"], description=VERBS["finetune"] + (
+        ". Scale out with `accelerate launch --num_processes N -m qingbert finetune ...`."))
+    p.add_argument("--model", required=True, help="a model folder, hub id or zoo name (pretrained weights), or "
+                                                   "random:<folder or zoo name> for a random-init baseline")
+    _add_task_args(p)
+    p.add_argument("--out", required=True, help="output folder (loads with transformers' AutoModelFor...)")
+    p.add_argument("--config", default=None, help="YAML recipe: any option below (flat or training under train:)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
+    _add_train_args(p, FINETUNE_FLAGS)
+    p.add_argument("--layers", type=int, default=None, help="for random:<zoo name>: number of layers")
+
+    p = sub.add_parser("predict", help=VERBS["predict"], description=VERBS["predict"])
+    p.add_argument("--model", required=True, help="a folder made by `qingbert finetune`")
+    _add_task_args(p)
+    p.add_argument("--split", default="test", help="train, dev or test (default test)")
+    p.add_argument("--out", default=None, help="submission file (default MODEL/<task>_predict.json[l])")
+    p.add_argument("--batch-size", type=int, default=64)
+
+    p = sub.add_parser("bench", help=VERBS["bench"], description=VERBS["bench"])
+    p.add_argument("--models", required=True, help="comma-separated models (folders, hub ids, random:...)")
+    p.add_argument("--tasks", required=True, help="comma-separated task names")
+    p.add_argument("--out", required=True, help="results folder (re-running it skips finished runs)")
+    p.add_argument("--data", default=None, help="one folder of task folders (<DIR>/<task>/), or task=DIR,task=DIR")
+    p.add_argument("--lrs", default=None, help="comma-separated learning rates (default: a grid by model size)")
+    p.add_argument("--epochs", default="2,3,5,10", help="comma-separated epoch counts (default 2,3,5,10)")
+    p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-len", type=int, default=128)
+    p.add_argument("--max-train-examples", type=int, default=0, help="a fixed subset of each training set")
+    p.add_argument("--reference", default=None, help="the model scored 100%% in the relative table (default first)")
+    p.add_argument("--keep-models", action="store_true", help="keep every fine-tuned folder (default: delete)")
 
     p = sub.add_parser("demo", help=VERBS["demo"], description=VERBS["demo"])
     p.add_argument("--out", default="demo-output", help="where the demo writes its folders")
@@ -167,13 +255,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.verb == "pretrain":
         from .pretrain import pretrain
 
-        recipe = _load_recipe(args.config)
-        flat = {k.replace("-", "_"): v for k, v in vars(args).items()}
-        for key in ("batch_size", "grad_accum", "epochs", "max_steps", "lr", "warmup_ratio", "weight_decay",
-                    "mixed_precision", "eval_every", "save_every", "keep_last", "log_every", "seed", "threads",
-                    "mlm_probability", "max_ngram"):
-            if flat.get(key) is not None:  # flags beat the recipe
-                recipe[key] = flat[key]
+        recipe = _recipe_with_flags(args, PRETRAIN_FLAGS)
         if args.resume:
             recipe["resume"] = True
         if args.layers:
@@ -190,6 +272,43 @@ def run(args: argparse.Namespace) -> int:
         from .pretrain import fill_mask, format_fill
 
         print(format_fill(args.text, fill_mask(args.model, args.text, args.top_k)))
+    elif args.verb == "finetune":
+        from .finetune import finetune, format_scores
+
+        recipe = _recipe_with_flags(args, FINETUNE_FLAGS)
+        if args.resume:
+            recipe["resume"] = True
+        if args.layers:
+            recipe.setdefault("overrides", {})["num_hidden_layers"] = args.layers
+        r = finetune(args.model, _task_from_args(args), args.out, args.data, config=recipe)
+        if "dev" in r:
+            print(f"dev: {format_scores(r['dev'])}")
+            print(f"{r['steps']} steps in {r['elapsed_s']:.0f} s; wrote {args.out} (dev_metrics.json, "
+                  "predictions-dev.jsonl; loads with transformers)")
+    elif args.verb == "predict":
+        from .finetune import format_scores, predict
+
+        r = predict(args.model, _task_from_args(args), args.out, args.data, split=args.split,
+                    batch_size=args.batch_size)
+        if "scores" in r:
+            print(f"{r['split']}: {format_scores(r['scores'])}")
+        print(f"wrote {r['file']} ({r['examples']} {r['split']} examples)")
+    elif args.verb == "bench":
+        from .bench import BenchConfig, bench
+
+        def floats(s):
+            try:
+                return [float(x) for x in s.split(",") if x.strip()] if s else None
+            except ValueError:
+                raise QingbertError(f"not a comma-separated list of numbers: '{s}'") from None
+
+        cfg = BenchConfig(models=[m for m in args.models.split(",") if m],
+                          tasks=[t for t in args.tasks.split(",") if t],
+                          out=args.out, lrs=floats(args.lrs), epochs=floats(args.epochs),
+                          seeds=[int(x) for x in floats(args.seeds)], batch_size=args.batch_size,
+                          max_len=args.max_len, data_dir=args.data, reference=args.reference,
+                          max_train_examples=args.max_train_examples, keep_models=args.keep_models)
+        bench(cfg)
     elif args.verb == "demo":
         from .demo import demo
 
@@ -213,7 +332,7 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.verb in ("pretrain", "fill-mask", "demo"):
+    if args.verb in ("pretrain", "fill-mask", "finetune", "predict", "bench", "demo"):
         _quiet_libraries()
     try:
         return run(args)
