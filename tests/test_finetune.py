@@ -53,8 +53,121 @@ print("ok")
 def test_finetune_bad_inputs(tiny_model, tmp_path):
     with pytest.raises(QingbertError, match="did you mean"):
         finetune(str(tiny_model), "builtin:reviews-sentimnt", tmp_path / "o")
-    with pytest.raises(QingbertError, match="not implemented yet"):
-        finetune(str(tiny_model), "builtin:peoples-daily-ner", tmp_path / "o")
+    with pytest.raises(QingbertError, match="unknown fine-tuning option 'learning_rate'"):
+        finetune(str(tiny_model), "builtin:reviews-sentiment", tmp_path / "o", config={"learning_rate": 1e-4})
+    with pytest.raises(QingbertError, match="needs a vocabulary"):
+        finetune("random:minirbt-h256", "builtin:reviews-sentiment", tmp_path / "o")
     (tmp_path / "empty").mkdir()
     with pytest.raises(QingbertError):
         finetune(str(tmp_path / "empty"), "builtin:reviews-sentiment", tmp_path / "o")
+
+
+FAST = {"max_steps": 12, "batch_size": 16, "lr": 1e-3, "save_every": 0, "progress": False, "threads": 1,
+        "max_train_examples": 200}
+
+
+def _tiny_folder(kind: str, tok, folder):
+    """A tiny randomly initialised encoder of another family, saved with our BERT vocabulary."""
+    from transformers import AlbertConfig, AutoModel, ErnieConfig, XLNetConfig
+
+    torch.manual_seed(0)
+    v = len(tok)
+    config = {"albert": AlbertConfig(vocab_size=v, embedding_size=32, hidden_size=64, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=128),
+              "ernie": ErnieConfig(vocab_size=v, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=128),
+              "xlnet": XLNetConfig(vocab_size=v, d_model=64, n_layer=1, n_head=2, d_inner=128)}[kind]
+    AutoModel.from_config(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["albert", "ernie", "xlnet"])
+def test_other_encoders_through_auto_classes(kind, small_prepared, tmp_path):
+    tok = load_tokenizer(str(small_prepared / "tokenizer"))
+    src = _tiny_folder(kind, tok, tmp_path / kind)
+    out = tmp_path / "ft"
+    r = finetune(str(src), "builtin:reviews-sentiment", out, max_len=48, config=FAST)
+    assert r["dev"]["examples"] == len(builtin.reviews("dev"))
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["model_type"] == kind and m["steps"] == 12
+    code = f"""
+from transformers import AutoModelForSequenceClassification
+m = AutoModelForSequenceClassification.from_pretrained({str(out)!r})
+assert m.config.model_type == {kind!r} and m.config.id2label[1] == "positive"
+print("ok")
+"""
+    res = run_without_qingbert(code, tmp_path)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
+
+
+def test_random_baseline_has_the_shape_not_the_weights(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    r = finetune(f"random:{tiny_model}", "builtin:reviews-sentiment", tmp_path / "rand", max_len=32,
+                 config=dict(FAST, max_steps=1, lr=1e-9))
+    assert json.loads((tmp_path / "rand" / "manifest.json").read_text())["init"].startswith("random")
+    assert r["steps"] == 1
+    pre = load_file(tiny_model / "model.safetensors")
+    post = load_file(tmp_path / "rand" / "model.safetensors")
+    key = next(k for k in post if k.endswith("word_embeddings.weight"))
+    assert post[key].shape == pre["bert.embeddings.word_embeddings.weight"].shape
+    assert not torch.allclose(post[key], pre["bert.embeddings.word_embeddings.weight"])
+    # a zoo shape with our vocabulary and fewer layers
+    r = finetune("random:minirbt-h256", "builtin:reviews-sentiment", tmp_path / "zoo", max_len=32,
+                 config=dict(FAST, max_steps=1, tokenizer=str(tiny_model), overrides={"num_hidden_layers": 1}))
+    cfg = json.loads((tmp_path / "zoo" / "config.json").read_text())
+    assert cfg["hidden_size"] == 256 and cfg["num_hidden_layers"] == 1
+
+
+TNEWS_LABELS = [("100", "news_story"), ("101", "news_culture"), ("102", "news_entertainment")]
+TNEWS_WORDS = {"100": "故事", "101": "文化", "102": "娱乐"}
+
+
+def _write_tnews(d):
+    """A TNEWS-format fixture (label + label_desc, test without labels) whose label is readable from a word."""
+    import random
+
+    rnd = random.Random(0)
+    d.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", 240), ("dev", 60), ("test", 30)):
+        with open(d / f"{split}.json", "w", encoding="utf-8") as fh:
+            for i in range(n):
+                lab, desc = TNEWS_LABELS[i % 3]
+                text = f"{rnd.choice(['今天', '昨天', '听说'])}这条{TNEWS_WORDS[lab]}新闻{rnd.choice(['很长', '不错', '火了'])}"
+                row = {"label": lab, "label_desc": desc, "sentence": text, "keywords": ""}
+                if split == "test":
+                    row = {"id": i, "sentence": text, "keywords": ""}
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return d
+
+
+def test_cli_finetune_then_predict_writes_clue_submission(tiny_model, tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import cli_env
+
+    data = _write_tnews(tmp_path / "tnews")
+    out = tmp_path / "ft"
+    cmd = [sys.executable, "-m", "qingbert", "finetune", "--model", str(tiny_model), "--task", "tnews",
+           "--data", str(data), "--out", str(out), "--max-steps", "60", "--batch-size", "16", "--lr", "3e-3",
+           "--save-every", "0", "--max-len", "32", "--threads", "1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "dev: accuracy" in res.stdout
+    dev = json.loads((out / "dev_metrics.json").read_text())
+    assert dev["accuracy"] > 60, dev  # three balanced classes: chance is 33
+    preds = [json.loads(x) for x in (out / "predictions-dev.jsonl").read_text().splitlines()]
+    assert len(preds) == 60 and {"id", "label", "gold"} <= set(preds[0])
+    res = subprocess.run([sys.executable, "-m", "qingbert", "predict", "--model", str(out), "--task", "tnews",
+                          "--data", str(data)], capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    sub = [json.loads(x) for x in (out / "tnews_predict.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in sub] == list(range(30))
+    assert {r["label"] for r in sub} <= {"100", "101", "102"}
+    assert set(sub[0]) == {"id", "label"}
+    # the wrong kind of task for this model: one clear line, exit 2
+    res = subprocess.run([sys.executable, "-m", "qingbert", "predict", "--model", str(out), "--task",
+                          "builtin:peoples-daily-ner"], capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert res.returncode == 2 and "fine-tuned for a classification task" in res.stderr
