@@ -22,6 +22,10 @@ SEQ_LEN = 128
 TEACHER = "minirbt-h256"
 TEACHER_RECIPE = {"max_steps": 800, "batch_size": 16, "lr": 5e-4, "warmup_ratio": 0.1, "eval_batches": 16,
                   "save_every": 200, "log_every": 50, "overrides": {"num_hidden_layers": 2}}
+# fine-tuning the teacher and a random-init model of the same shape on the built-in tasks (one recipe for both)
+FINETUNE_TASKS = ["builtin:reviews-sentiment", "builtin:peoples-daily-ner"]
+FINETUNE_RECIPE = {"epochs": 2, "batch_size": 32, "lr": 2e-4, "max_len": 128, "warmup_ratio": 0.1,
+                   "save_every": 0, "log_every": 50, "max_train_examples": 6000}
 # whole words masked, as in training (a WWM model never sees half a word masked)
 FILL = ["今天[MASK][MASK]很好。", "这本书写得很[MASK][MASK]，值得一看。", "中国[MASK][MASK]发展很快。"]
 
@@ -82,6 +86,32 @@ def demo(out: str | Path = "demo-output", examples: int = 4, seed: int = 0, step
           f"{100 * a['masked_accuracy']:.1f}% after; perplexity {b['perplexity']:.0f} -> {a['perplexity']:.1f}")
     for text in FILL:
         print(format_fill(text, fill_mask(str(teacher), text, top_k=3)))
+    ft = finetune_section(teacher, out, steps=steps)
     print(f"\ndemo finished in {time.time() - t0:.0f} s; outputs in {out}/ "
           f"(the teacher loads with transformers: BertForMaskedLM.from_pretrained('{teacher}'))")
-    return {"prepare": m, "pretrain": pm}
+    return {"prepare": m, "pretrain": pm, "finetune": ft}
+
+
+def finetune_section(teacher: Path, out: Path, steps: int | None = None) -> list[dict]:
+    """Fine-tune the teacher and a random-init model of its shape on each built-in task; print both."""
+    from .finetune import finetune
+
+    recipe = dict(FINETUNE_RECIPE)
+    if steps is not None:  # a quick run (tests): a few steps, a small slice
+        recipe.update(max_steps=max(10, steps), max_train_examples=min(500, recipe["max_train_examples"]))
+    n = recipe["max_train_examples"]
+    _section(f"fine-tune: the teacher vs a random-init model of the same shape ({n:,} training examples per task, "
+             f"{recipe['epochs']:g} epochs, lr {recipe['lr']:g})")
+    rows = []
+    for task in FINETUNE_TASKS:
+        scores = {}
+        for label, model in (("random init", f"random:{teacher}"), ("teacher", str(teacher))):
+            r = finetune(model, task, out / "finetune" / task.split(":")[-1] / label.replace(" ", "-"),
+                         config=dict(recipe, progress=False))
+            scores[label] = r["dev"]
+        metric = scores["teacher"]["metric"]
+        rows.append({"task": task, "metric": metric, "random": scores["random init"]["score"],
+                     "teacher": scores["teacher"]["score"]})
+        print(f"{task}: dev {metric} {rows[-1]['random']:.2f} (random init) -> {rows[-1]['teacher']:.2f} (teacher), "
+              f"{rows[-1]['teacher'] - rows[-1]['random']:+.2f} points", flush=True)
+    return rows
