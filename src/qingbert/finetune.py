@@ -39,7 +39,7 @@ FORMAT = "qingbert.finetuned/1"
 class FinetuneConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, epochs=3.0, save_every=0))
     max_len: int = 128  # tokens per sequence (MRC: per window)
-    doc_stride: int = 128  # MRC: overlap between windows of a long context
+    doc_stride: int = 0  # MRC: tokens shared by consecutive windows of a long context; 0 = max_len // 4
     max_query_len: int = 64  # MRC: question tokens kept
     n_best: int = 20  # MRC: start/end candidates per window
     max_answer_len: int = 50  # MRC: longest answer in tokens
@@ -261,7 +261,7 @@ class MRCHead:
     def encode(self, examples, tokenizer, cfg: FinetuneConfig, train: bool):
         from .mrc import encode_qa
 
-        return encode_qa(examples, tokenizer, max_len=cfg.max_len, doc_stride=cfg.doc_stride,
+        return encode_qa(examples, tokenizer, max_len=cfg.max_len, doc_stride=cfg.doc_stride or cfg.max_len // 4,
                          max_query_len=cfg.max_query_len, train=train)
 
     def collator(self, tokenizer):
