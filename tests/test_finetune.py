@@ -171,3 +171,53 @@ def test_cli_finetune_then_predict_writes_clue_submission(tiny_model, tmp_path):
     res = subprocess.run([sys.executable, "-m", "qingbert", "predict", "--model", str(out), "--task",
                           "builtin:peoples-daily-ner"], capture_output=True, text=True, env=cli_env(), timeout=300)
     assert res.returncode == 2 and "fine-tuned for a classification task" in res.stderr
+
+
+CITIES = ["北京", "上海", "广州", "深圳", "杭州", "南京", "成都", "武汉", "西安", "重庆", "天津", "苏州"]
+NAMES = ["小明", "小红", "老王", "张伟", "李娜", "王芳"]
+
+
+def _write_cmrc(d):
+    """CMRC 2018-format files: 'where does X live' questions over short contexts, test without answers."""
+    import random
+
+    rnd = random.Random(1)
+    d.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", 300), ("dev", 40), ("test", 12)):
+        paragraphs = []
+        for i in range(n):
+            name, city = rnd.choice(NAMES), rnd.choice(CITIES)
+            filler = "".join(rnd.choice("今天天气很好我们一起去公园散步吧") for _ in range(rnd.randint(5, 30)))
+            context = f"{filler}。{name}住在{city}，每天坐地铁上班。{filler[::-1]}。"
+            qa = {"id": f"{split.upper()}_{i}", "question": f"{name}住在哪里？", "answers": []}
+            if split != "test":
+                qa["answers"] = [{"text": city, "answer_start": context.index(city)}]
+            paragraphs.append({"id": f"P{i}", "context": context, "qas": [qa]})
+        doc = {"version": "v1.0", "data": [{"id": "D", "title": "t", "paragraphs": paragraphs}]}
+        (d / f"cmrc2018_{split}.json").write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    return d
+
+
+def test_mrc_finetune_and_cmrc_submission(tiny_model, tmp_path):
+    from qingbert.finetune import predict
+
+    data = _write_cmrc(tmp_path / "cmrc")
+    out = tmp_path / "ft"
+    r = finetune(str(tiny_model), "cmrc2018", out, data_dir=str(data), max_len=64,
+                 config={"max_steps": 80, "batch_size": 16, "lr": 3e-3, "save_every": 0, "progress": False,
+                         "threads": 1})
+    assert r["dev"]["total"] == 40 and r["dev"]["metric"] == "f1"
+    assert r["dev"]["f1"] > 50, r["dev"]  # a city out of a ~40-character context: chance is far below
+    preds = [json.loads(x) for x in (out / "predictions-dev.jsonl").read_text().splitlines()]
+    assert {"id", "answer", "gold"} <= set(preds[0])
+    res = predict(out, "cmrc2018", data_dir=str(data))
+    sub = json.loads((out / "cmrc2018_predict.json").read_text())
+    assert res["examples"] == 12 and sorted(sub) == sorted(f"TEST_{i}" for i in range(12))
+    assert all(isinstance(v, str) for v in sub.values())
+    code = f"""
+from transformers import AutoModelForQuestionAnswering
+m = AutoModelForQuestionAnswering.from_pretrained({str(out)!r})
+print("ok", type(m).__name__)
+"""
+    res = run_without_qingbert(code, tmp_path)
+    assert res.returncode == 0 and "ok BertForQuestionAnswering" in res.stdout, res.stderr[-3000:]
