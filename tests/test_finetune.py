@@ -57,6 +57,24 @@ def test_finetune_bad_inputs(tiny_model, tmp_path):
         finetune(str(tiny_model), "builtin:reviews-sentiment", tmp_path / "o", config={"learning_rate": 1e-4})
     with pytest.raises(QingbertError, match="needs a vocabulary"):
         finetune("random:minirbt-h256", "builtin:reviews-sentiment", tmp_path / "o")
+    with pytest.raises(QingbertError, match="unknown task"):
+        finetune(str(tiny_model), "tnewz", tmp_path / "o")
+
+
+def test_zoo_name_means_hub_weights_and_fails_fast_offline(monkeypatch, tmp_path):
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    start = time.monotonic()
+    with pytest.raises(QingbertError, match="hfl/rbt3"):
+        finetune("rbt3", "builtin:reviews-sentiment", tmp_path / "o")
+    assert time.monotonic() - start < 30
+
+
+def test_empty_folder_is_not_a_model(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(QingbertError):
         finetune(str(tmp_path / "empty"), "builtin:reviews-sentiment", tmp_path / "o")

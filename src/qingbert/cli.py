@@ -105,6 +105,15 @@ def _task_from_args(args: argparse.Namespace):
     return args.task
 
 
+def _print_skips(r: dict) -> None:
+    """Rows the task readers could not use (counted, never silently dropped) and what they repaired."""
+    if r.get("skipped"):
+        print("skipped rows: " + ", ".join(f"{why} {n}" for why, n in sorted(r["skipped"].items()))
+              + "".join(f"\n  e.g. {w}" for w in r.get("skip_examples", [])))
+    if r.get("fixed"):
+        print("repaired: " + ", ".join(f"{why} {n}" for why, n in sorted(r["fixed"].items())))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qingbert", description="轻BERT: small, fast Chinese language models.")
     parser.add_argument("--version", action="version", version=f"qingbert {_version()}")
@@ -281,6 +290,7 @@ def run(args: argparse.Namespace) -> int:
         if args.layers:
             recipe.setdefault("overrides", {})["num_hidden_layers"] = args.layers
         r = finetune(args.model, _task_from_args(args), args.out, args.data, config=recipe)
+        _print_skips(r)
         if "dev" in r:
             print(f"dev: {format_scores(r['dev'])}")
             print(f"{r['steps']} steps in {r['elapsed_s']:.0f} s; wrote {args.out} (dev_metrics.json, "

@@ -434,7 +434,8 @@ def finetune(model: str, task: str, out: str | Path, data_dir: str | None = None
         dev_feats, _ = head.encode(dev_examples, tokenizer, cfg, train=False)
     trainer = Trainer(head.objective(net), train, collate, out, cfg.train, eval_data=dev_feats)
     trainer.run()
-    result = {"steps": trainer.state["step"], "labels": head.labels, "out": str(out)}
+    result = {"steps": trainer.state["step"], "labels": head.labels, "out": str(out), "skipped": dict(t.skipped),
+              "skip_examples": t.skip_examples[:5], "fixed": dict(t.fixed)}
     if trainer.acc.is_main_process:
         final = trainer.unwrapped_objective().trained_model()
         preds, dev_report = _predict_split(final, head, tokenizer, dev_examples, cfg)
