@@ -20,3 +20,4 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/prepare.py
 	$(PY) benchmarks/pretrain.py
+	$(PY) benchmarks/finetune.py

@@ -11,10 +11,14 @@ def test_demo_runs_every_stage(tmp_path):
                        capture_output=True, text=True, env=cli_env(), timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
-    for section in ("== model zoo", "== prepare", "== whole-word masks", "== pretrain"):
+    for section in ("== model zoo", "== prepare", "== whole-word masks", "== pretrain", "== fine-tune"):
         assert section in out
     assert "minirbt-h256" in out and "segmentation vs gold: word F1" in out
     assert out.count("masked: [CLS]") == 4 and "[MASK]" in out
     assert "held-out masked-token accuracy" in out and "demo finished" in out
     assert (tmp_path / "demo" / "teacher" / "model.safetensors").exists()
+    # the teacher and a random-init model of its shape, side by side on both built-in tasks
+    assert "builtin:reviews-sentiment: dev accuracy" in out and "builtin:peoples-daily-ner: dev f1" in out
+    assert out.count("(random init) ->") == 2
+    assert (tmp_path / "demo" / "finetune" / "peoples-daily-ner" / "teacher" / "dev_metrics.json").exists()
     assert "Traceback" not in r.stderr
