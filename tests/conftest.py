@@ -45,6 +45,23 @@ def small_prepared(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_model(small_prepared, tmp_path_factory):
+    """A tiny randomly initialised BERT masked-LM folder (hidden 64, 1 layer) with the small corpus's vocab."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    from qingbert.vocab import load_tokenizer
+
+    torch.manual_seed(0)
+    tok = load_tokenizer(str(small_prepared / "tokenizer"))
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=128)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
 def cli_env() -> dict:
     env = dict(os.environ)
     env["HF_HUB_OFFLINE"] = "1"

@@ -6,11 +6,10 @@ import shutil
 
 import pytest
 import torch
-from transformers import BertConfig, BertForMaskedLM, BertModel
+from transformers import BertConfig, BertModel
 
 from qingbert.bench import BenchConfig, bench, count_params, data_dirs, default_lrs, fmt_lr, run_name, slug
 from qingbert.errors import QingbertError
-from qingbert.vocab import load_tokenizer
 
 # score = BASE[model][task] + LR_BONUS[lr] + EPOCH_BONUS[model][epochs] + NOISE[seed]
 BASE = {"A": {"t1": 80.0, "t2": 60.0}, "B": {"t1": 72.0, "t2": 57.0}}
@@ -200,29 +199,18 @@ def test_default_lr_grid_for_a_small_folder(encoder_folder, tmp_path):
     assert res["models"][str(encoder_folder)]["speed"]["source"] == str(encoder_folder)
 
 
-@pytest.fixture(scope="module")
-def tiny_mlm(small_prepared, tmp_path_factory):
-    torch.manual_seed(0)
-    tok = load_tokenizer(str(small_prepared / "tokenizer"))
-    folder = tmp_path_factory.mktemp("tinymlm") / "tiny"
-    BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=128)).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
-def test_real_finetune_end_to_end(tiny_mlm, tmp_path):
+def test_real_finetune_end_to_end(tiny_model, tmp_path):
     out = tmp_path / "real"
-    res = bench(BenchConfig(models=[str(tiny_mlm)], tasks=["builtin:reviews-sentiment"], out=str(out),
+    res = bench(BenchConfig(models=[str(tiny_model)], tasks=["builtin:reviews-sentiment"], out=str(out),
                             lrs=[2e-3], epochs=[1], seeds=[1], max_len=48, max_train_examples=300, threads=1,
                             speed_repeats=2, finetune_options={"log_every": 100}))
-    run = json.loads((out / "runs" / slug(str(tiny_mlm)) / "builtin_reviews-sentiment"
+    run = json.loads((out / "runs" / slug(str(tiny_model)) / "builtin_reviews-sentiment"
                       / "lr2e-3-ep1-seed1.json").read_text())
     assert run["metric"] == "accuracy" and 0 < run["score"] <= 100 and run["steps"] == 300 // 32
     assert run["dev"]["examples"] > 0
-    best = res["best"][str(tiny_mlm)]
+    best = res["best"][str(tiny_model)]
     assert best["tasks"]["builtin:reviews-sentiment"]["mean"] == run["score"] and best["relative_average"] == 100
-    assert res["models"][str(tiny_mlm)]["speed"]["seq_per_s"] > 0
+    assert res["models"][str(tiny_model)]["speed"]["seq_per_s"] > 0
     assert not (out / "models").exists()
     for name in ("results.md", "results.csv", "results.json", "score_vs_speed.png", "manifest.json"):
         assert (out / name).stat().st_size > 0

@@ -5,7 +5,6 @@ from collections import Counter
 
 import pytest
 import torch
-from transformers import BertConfig, BertForMaskedLM
 
 from qingbert import builtin
 from qingbert.errors import QingbertError
@@ -13,17 +12,6 @@ from qingbert.finetune import finetune
 from qingbert.vocab import load_tokenizer
 
 from .conftest import run_without_qingbert
-
-
-@pytest.fixture(scope="module")
-def tiny_model(small_prepared, tmp_path_factory):
-    torch.manual_seed(0)
-    tok = load_tokenizer(str(small_prepared / "tokenizer"))
-    folder = tmp_path_factory.mktemp("tiny") / "model"
-    BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=128)).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 def test_sentiment_finetune_beats_majority_and_loads_without_qingbert(tiny_model, tmp_path):
@@ -152,7 +140,8 @@ def _write_tnews(d):
         with open(d / f"{split}.json", "w", encoding="utf-8") as fh:
             for i in range(n):
                 lab, desc = TNEWS_LABELS[i % 3]
-                text = f"{rnd.choice(['今天', '昨天', '听说'])}这条{TNEWS_WORDS[lab]}新闻{rnd.choice(['很长', '不错', '火了'])}"
+                when, how = rnd.choice(["今天", "昨天", "听说"]), rnd.choice(["很长", "不错", "火了"])
+                text = f"{when}这条{TNEWS_WORDS[lab]}新闻{how}"
                 row = {"label": lab, "label_desc": desc, "sentence": text, "keywords": ""}
                 if split == "test":
                     row = {"id": i, "sentence": text, "keywords": ""}
@@ -239,3 +228,24 @@ print("ok", type(m).__name__)
 """
     res = run_without_qingbert(code, tmp_path)
     assert res.returncode == 0 and "ok BertForQuestionAnswering" in res.stdout, res.stderr[-3000:]
+
+
+def test_two_processes_with_accelerate(tiny_model, tmp_path):
+    """Data-parallel fine-tuning (gloo on CPU): both processes train, the main one scores and writes."""
+    import subprocess
+    import sys
+
+    from .conftest import cli_env
+
+    data = _write_tnews(tmp_path / "tnews")
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "qingbert", "finetune", "--model", str(tiny_model), "--task", "tnews", "--data", str(data),
+           "--out", str(out), "--max-steps", "20", "--batch-size", "8", "--lr", "3e-3", "--max-len", "32",
+           "--threads", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["processes"] == 2 and m["steps"] == 20 and m["dev"]["examples"] == 60
+    assert r.stdout.count("dev: accuracy") == 1

@@ -113,17 +113,9 @@ def test_overlapping_entities_are_counted_not_lost(tok):
     assert report["overlapping_or_invalid_entities"] == 1
 
 
-def test_finetune_peoples_daily_ner_learns_and_loads_without_qingbert(small_prepared, tmp_path):
-    from transformers import BertConfig, BertForMaskedLM
-
-    tok = load_tokenizer(str(small_prepared / "tokenizer"))
-    torch.manual_seed(0)
-    src = tmp_path / "tiny"
-    BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=128)).save_pretrained(src)
-    tok.save_pretrained(src)
+def test_finetune_peoples_daily_ner_learns_and_loads_without_qingbert(tiny_model, tmp_path):
     out = tmp_path / "ner"
-    r = finetune(str(src), "builtin:peoples-daily-ner", out, max_len=64,
+    r = finetune(str(tiny_model), "builtin:peoples-daily-ner", out, max_len=64,
                  config={"max_steps": 150, "batch_size": 32, "lr": 3e-3, "save_every": 0, "progress": False,
                          "threads": 1, "max_train_examples": 3000})
     dev = r["dev"]

@@ -53,7 +53,7 @@ TRAIN_FLAGS = (("batch-size", int, "sequences per process per step (default 32)"
 PRETRAIN_FLAGS = (("mlm-probability", float, "share of tokens masked, whole words (default 0.15)"),
                   ("max-ngram", int, "n-gram whole-word masking up to n words (default 1)"))
 FINETUNE_FLAGS = (("max-len", int, "tokens per sequence / MRC window (default 128)"),
-                  ("doc-stride", int, "MRC: tokens shared by consecutive windows of a long context (default max-len/4)"),
+                  ("doc-stride", int, "MRC: tokens shared by consecutive windows (default max-len/4)"),
                   ("max-query-len", int, "MRC: question tokens kept (default 64)"),
                   ("max-answer-len", int, "MRC: longest answer in tokens (default 50)"),
                   ("n-best", int, "MRC: candidates per window (default 20)"),

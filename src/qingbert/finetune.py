@@ -110,6 +110,26 @@ def _model_inputs(batch: dict) -> dict:
     return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
 
 
+def pad_rows(rows: list[dict], pad_id: int, side: str = "right", token_labels: str | None = None) -> dict:
+    """``input_ids``, ``attention_mask`` and ``token_type_ids`` (where the rows have them) padded to the longest
+    row, plus the per-token column ``token_labels`` padded with -100; all as tensors."""
+    n, length = len(rows), max(len(r["input_ids"]) for r in rows)
+    cols = {"input_ids": pad_id, "attention_mask": 0}
+    if "token_type_ids" in rows[0]:
+        cols["token_type_ids"] = 0
+    if token_labels:
+        cols[token_labels] = -100
+    out = {k: np.full((n, length), v, dtype=np.int64) for k, v in cols.items()}
+    for i, r in enumerate(rows):
+        k = len(r["input_ids"])
+        sl = slice(0, k) if side == "right" else slice(length - k, length)
+        out["attention_mask"][i, sl] = 1
+        for key in cols:
+            if key != "attention_mask":
+                out[key][i, sl] = r[key]
+    return {k: torch.from_numpy(v) for k, v in out.items()}
+
+
 class PadCollator:
     """Pads tokenized examples to the longest in the batch (on the tokenizer's padding side)."""
 
@@ -117,19 +137,9 @@ class PadCollator:
         self.pad_id, self.side = pad_id, side
 
     def __call__(self, examples: list[dict]) -> dict:
-        n, length = len(examples), max(len(e["input_ids"]) for e in examples)
-        ids = np.full((n, length), self.pad_id, dtype=np.int64)
-        types = np.zeros((n, length), dtype=np.int64)
-        mask = np.zeros((n, length), dtype=np.int64)
-        for i, e in enumerate(examples):
-            k = len(e["input_ids"])
-            sl = slice(0, k) if self.side == "right" else slice(length - k, length)
-            ids[i, sl] = e["input_ids"]
-            types[i, sl] = e["token_type_ids"]
-            mask[i, sl] = 1
-        return {"input_ids": torch.from_numpy(ids), "token_type_ids": torch.from_numpy(types),
-                "attention_mask": torch.from_numpy(mask),
-                "labels": torch.tensor([e["label"] for e in examples], dtype=torch.long)}
+        batch = pad_rows(examples, self.pad_id, self.side)
+        batch["labels"] = torch.tensor([e["label"] for e in examples], dtype=torch.long)
+        return batch
 
 
 def encode_examples(examples, tokenizer, label2id: dict, max_len: int):
@@ -450,6 +460,7 @@ def finetune(model: str, task: str, out: str | Path, data_dir: str | None = None
                     "skipped": dict(t.skipped), "skip_examples": t.skip_examples[:10], "fixed": dict(t.fixed),
                     "encode": {"train": train_report, "dev": dev_report},
                     "config": {**asdict(cfg), "train": asdict(cfg.train)}, "steps": trainer.state["step"],
+                    "processes": trainer.world,
                     "dev": dev, "elapsed_s": round(time.time() - t0, 2)}
         write_manifest(out, manifest)
         atomic_write_text(out / "dev_metrics.json", json.dumps(dev, indent=2, ensure_ascii=False) + "\n")

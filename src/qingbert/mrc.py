@@ -176,19 +176,9 @@ class QACollator:
         self.pad_id = pad_id
 
     def __call__(self, rows: list[dict]) -> dict:
-        n, length = len(rows), max(len(r["input_ids"]) for r in rows)
-        ids = np.full((n, length), self.pad_id, dtype=np.int64)
-        types = np.zeros((n, length), dtype=np.int64)
-        mask = np.zeros((n, length), dtype=np.int64)
-        for i, r in enumerate(rows):
-            k = len(r["input_ids"])
-            ids[i, :k] = r["input_ids"]
-            mask[i, :k] = 1
-            if "token_type_ids" in r:
-                types[i, :k] = r["token_type_ids"]
-        batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
-        if "token_type_ids" in rows[0]:
-            batch["token_type_ids"] = torch.from_numpy(types)
+        from .finetune import pad_rows
+
+        batch = pad_rows(rows, self.pad_id)
         for key in ("start_positions", "end_positions"):
             if key in rows[0]:
                 batch[key] = torch.tensor([r[key] for r in rows], dtype=torch.long)

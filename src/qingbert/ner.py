@@ -115,16 +115,11 @@ class NERCollator:
         self.pad_id = pad_id
 
     def __call__(self, rows: list[dict]) -> dict:
-        n, length = len(rows), max(len(r["input_ids"]) for r in rows)
-        ids = np.full((n, length), self.pad_id, dtype=np.int64)
-        labels = np.full((n, length), IGNORE, dtype=np.int64)
-        mask = np.zeros((n, length), dtype=np.int64)
-        for i, r in enumerate(rows):
-            k = len(r["input_ids"])
-            ids[i, :k], labels[i, :k], mask[i, :k] = r["input_ids"], r["labels"], 1
-        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
-                "token_type_ids": torch.zeros_like(torch.from_numpy(ids)), "labels": torch.from_numpy(labels),
-                "gold": torch.tensor([r.get("gold", 0) for r in rows], dtype=torch.long)}
+        from .finetune import pad_rows
+
+        batch = pad_rows(rows, self.pad_id, token_labels="labels")
+        batch["gold"] = torch.tensor([r.get("gold", 0) for r in rows], dtype=torch.long)
+        return batch
 
 
 def _spans(tag_ids, tags: list[str]) -> set[tuple]:

@@ -214,8 +214,8 @@ def _require_files(name: str, data_dir: Path, candidates: dict) -> dict:
 
 def _sort_labels(labels) -> list:
     labels = list(labels)
-    if labels and all(str(l).lstrip("-").isdigit() for l in labels):
-        return sorted(labels, key=lambda l: int(l))
+    if labels and all(str(lab).lstrip("-").isdigit() for lab in labels):
+        return sorted(labels, key=lambda lab: int(lab))
     return sorted(labels)
 
 
@@ -235,7 +235,7 @@ def _finish_labels(task: Task, records: dict, label_order: list | None = None) -
         for _, _, used in records[base]:
             known.update(used)
     if label_order:
-        ordered = [l for l in label_order if l in known] + _sort_labels(known - set(label_order))
+        ordered = [lab for lab in label_order if lab in known] + _sort_labels(known - set(label_order))
     else:
         ordered = _sort_labels(known)
     task.labels = ordered
@@ -437,7 +437,8 @@ def _read_chnsenticorp(name: str, data_dir) -> Task:
                 header = [c.strip().lower() for c in cols]
                 if "text_a" not in header:
                     raise QingbertError(
-                        f"{where}: expected a header naming column 'text_a' (e.g. 'label<TAB>text_a'), got {line[:60]!r}"
+                        f"{where}: expected a header naming column 'text_a' (e.g. 'label<TAB>text_a'), "
+                        f"got {line[:60]!r}"
                     )
                 continue
             n += 1
@@ -797,7 +798,8 @@ def load_generic(path_or_dir, type: str, text_col, text_b_col=None, label_col=No
                     files[split] = p / (split + ext)
                     break
         if not files:
-            raise QingbertError(f"missing file {p / 'train.jsonl'}", hint=f"expected train/dev/test with one of {', '.join(GENERIC_EXTS)}")
+            raise QingbertError(f"missing file {p / 'train.jsonl'}",
+                                hint=f"expected train/dev/test with one of {', '.join(GENERIC_EXTS)}")
     elif p.is_file():
         files[p.stem if p.stem in SPLITS else "train"] = p
     else:
