@@ -24,8 +24,8 @@ TEACHER_RECIPE = {"max_steps": 800, "batch_size": 16, "lr": 5e-4, "warmup_ratio"
                   "save_every": 200, "log_every": 50, "overrides": {"num_hidden_layers": 2}}
 # fine-tuning the teacher and a random-init model of the same shape on the built-in tasks (one recipe for both)
 FINETUNE_TASKS = ["builtin:reviews-sentiment", "builtin:peoples-daily-ner"]
-FINETUNE_RECIPE = {"epochs": 2, "batch_size": 32, "lr": 2e-4, "max_len": 128, "warmup_ratio": 0.1,
-                   "save_every": 0, "log_every": 50, "max_train_examples": 6000}
+FINETUNE_RECIPE = {"epochs": 3, "batch_size": 32, "lr": 3e-4, "max_len": 128, "warmup_ratio": 0.1,
+                   "save_every": 0, "log_every": 50, "max_train_examples": 2000}
 # whole words masked, as in training (a WWM model never sees half a word masked)
 FILL = ["今天[MASK][MASK]很好。", "这本书写得很[MASK][MASK]，值得一看。", "中国[MASK][MASK]发展很快。"]
 
