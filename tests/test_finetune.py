@@ -249,3 +249,25 @@ def test_two_processes_with_accelerate(tiny_model, tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert m["processes"] == 2 and m["steps"] == 20 and m["dev"]["examples"] == 60
     assert r.stdout.count("dev: accuracy") == 1
+
+
+def test_pair_task_lcqmc_format(tiny_model, tmp_path):
+    """A sentence-pair task from LCQMC-style TSV (no header): both texts reach the model as one pair."""
+    import random
+
+    rnd = random.Random(2)
+    d = tmp_path / "lcqmc"
+    d.mkdir()
+    for split, n in (("train", 400), ("dev", 80)):
+        lines = []
+        for i in range(n):
+            a = "".join(rnd.choice("天气很好我们去公园") for _ in range(6))
+            same = i % 2
+            b = ("对的" if same else "不对") + a[::-1]  # the label is readable from the second text only
+            lines.append(f"{a}\t{b}\t{same}\n")
+        (d / f"{split}.tsv").write_text("".join(lines), encoding="utf-8")
+    r = finetune(str(tiny_model), "lcqmc", tmp_path / "ft", data_dir=str(d), max_len=32,
+                 config={"max_steps": 60, "batch_size": 16, "lr": 3e-3, "save_every": 0, "progress": False,
+                         "threads": 1})
+    assert r["labels"] == ["0", "1"] and r["dev"]["examples"] == 80
+    assert r["dev"]["accuracy"] > 75, r["dev"]  # chance is 50

@@ -220,3 +220,7 @@ def test_vocab_training_is_deterministic():
     first = train_vocab(texts, 6000)
     assert all(train_vocab(texts, 6000) == first for _ in range(3))
     assert "##s" in first and "[MASK]" in first
+    # more distinct characters than the alphabet limit (90 % of the size): ties at the cut are broken the same way
+    small = train_vocab(texts, 2000)
+    assert len({ch for ch in small if len(ch) == 1}) < len({ch for t in texts for ch in t})
+    assert all(train_vocab(texts, 2000) == small for _ in range(3))

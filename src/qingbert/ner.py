@@ -129,42 +129,48 @@ def encode_ner(examples, tokenizer, tags: list[str], max_len: int):
     entities = [sorted({(int(s), int(e), t) for s, e, t in ex.entities}) for ex in examples]
     report["entities"] = sum(map(len, entities))
 
-    # pass 1: tokens per character of each whole text -> its windows
-    windows = []  # (example index, start, end, first window of its example)
-    char_tags, counts = {}, {}
+    # pass 1: each whole text; one that fits is its own window, a longer one is cut by its tokens per character
     nonempty = [i for i, t in enumerate(texts) if t]
     report["empty_examples"] = len(texts) - len(nonempty)
     report["invalid_entities_dropped"] = sum(len(entities[i]) for i, t in enumerate(texts) if not t)
+    whole: dict = {}
     if nonempty:  # verbose=False: a whole text may be longer than the model before it is windowed
-        whole = tokenizer([list(texts[i]) for i in nonempty], is_split_into_words=True, add_special_tokens=False,
-                          verbose=False)
+        whole = tokenizer([list(texts[i]) for i in nonempty], is_split_into_words=True, verbose=False)
+    windows = []  # [example index, start, end, first window?, input_ids, word_ids] (ids None: tokenize again)
+    char_tags, counts = {}, {}
     for k, ei in enumerate(nonempty):
         n = len(texts[ei])
         words = np.asarray([w for w in whole.word_ids(k) if w is not None], dtype=np.int64)
         counts[ei] = np.bincount(words, minlength=n)
+        char_tags[ei] = _char_tags(n, entities[ei], tag_id, report)
+        if len(whole["input_ids"][k]) <= max_len:
+            windows.append([ei, 0, n, True, whole["input_ids"][k], whole.word_ids(k)])
+            continue
         cuts = _windows(texts[ei], counts[ei], budget)
         report["long_examples_split"] += len(cuts) > 1
         report["entities_cut_by_window"] += sum(
             1 for s, e, _ in entities[ei] if 0 <= s < e <= n and any(s < b < e for _, b in cuts[:-1]))
-        char_tags[ei] = _char_tags(n, entities[ei], tag_id, report)
-        windows += [(ei, ws, we, j == 0) for j, (ws, we) in enumerate(cuts)]
+        windows += [[ei, ws, we, j == 0, None, None] for j, (ws, we) in enumerate(cuts)]
 
-    # pass 2: each window with the tokenizer's special tokens, labels on each character's first token
+    # pass 2: the windows of long texts, with the tokenizer's special tokens
+    again = [w for w in windows if w[4] is None]
+    if again:
+        enc = tokenizer([list(texts[ei][ws:we]) for ei, ws, we, *_ in again], is_split_into_words=True,
+                        truncation=True, max_length=max_len)
+        for k, w in enumerate(again):
+            w[4], w[5] = enc["input_ids"][k], enc.word_ids(k)
+
+    # rows: labels and original character index on each character's first token
     cols: dict = {k: [] for k in ("input_ids", "token_type_ids", "labels", "example", "char_index", "gold_spans",
                                   "n_gold")}
-    enc = {}
-    if windows:
-        enc = tokenizer([list(texts[ei][ws:we]) for ei, ws, we, _ in windows], is_split_into_words=True,
-                        truncation=True, max_length=max_len)
-    for k, (ei, ws, we, first) in enumerate(windows):
+    for ei, ws, we, first, ids, word_ids in windows:
         labels, char_index, previous = [], [], None
-        for w in enc.word_ids(k):
+        for w in word_ids:
             is_first, previous = w is not None and w != previous, w
             labels.append(char_tags[ei][ws + w] if is_first else IGNORE)
             char_index.append(ws + w if is_first else -1)
         report["characters_truncated"] += int(np.count_nonzero(counts[ei][ws:we])) - sum(c >= 0 for c in char_index)
         n = len(texts[ei])
-        ids = enc["input_ids"][k]
         cols["input_ids"].append(ids)
         cols["token_type_ids"].append([0] * len(ids))
         cols["labels"].append(labels)
@@ -173,7 +179,7 @@ def encode_ner(examples, tokenizer, tags: list[str], max_len: int):
         cols["gold_spans"].append([x for s, e, t in entities[ei] if ws <= s < e <= we for x in (s, e, type_id[t])])
         cols["n_gold"].append(sum(1 for s, _, _ in entities[ei] if ws <= s < we or (first and not 0 <= s < n)))
     report["windows"] = len(windows)
-    if "token_type_ids" not in enc:
+    if "token_type_ids" not in whole:
         del cols["token_type_ids"]
     return Dataset.from_dict(cols), report
 

@@ -10,6 +10,8 @@ like CLUE's 8 K vocabulary.  The output folder holds ``vocab.txt`` and
 
 from __future__ import annotations
 
+from collections import Counter
+
 import shutil
 import time
 import unicodedata
@@ -40,15 +42,29 @@ def _continuations(chars: set[str], normalizer) -> list[str]:
     return sorted(out)
 
 
-def _chars_of(texts: Sequence[str] | None, files: list[str] | None) -> set[str]:
-    chars: set[str] = set()
+def _char_counts(texts: Sequence[str] | None, files: list[str] | None) -> Counter:
+    counts: Counter = Counter()
     for t in texts or ():
-        chars.update(t)
+        counts.update(t)
     for f in files or ():
         with open(f, encoding="utf-8") as fh:
             while block := fh.read(1 << 22):
-                chars.update(block)
-    return chars
+                counts.update(block)
+    return counts
+
+
+def _alphabet(counts: Counter, normalizer, limit: int) -> list[str]:
+    """The ``limit`` most frequent characters (after normalization), ties broken by the character.
+
+    Chosen here because the trainer's own ``limit_alphabet`` breaks frequency ties in hash-map order,
+    so a corpus with more distinct characters than the limit gave a different vocab on each run.
+    """
+    norm: Counter = Counter()
+    for c, n in counts.items():
+        for d in normalizer.normalize_str(c):
+            if not d.isspace():
+                norm[d] += n
+    return [c for c, _ in sorted(norm.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]]
 
 
 def train_vocab(texts: Sequence[str], size: int = 8000, *, min_frequency: int = 2,
@@ -65,12 +81,15 @@ def train_vocab(texts: Sequence[str], size: int = 8000, *, min_frequency: int = 
     tok.normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts = _char_counts(texts, files)
+    # keep room for Latin pieces; the most frequent characters win
+    alphabet = _alphabet(counts, tok.normalizer, int(size * 0.9))
     trainer = trainers.WordPieceTrainer(
         vocab_size=size,
         min_frequency=min_frequency,
-        special_tokens=SPECIALS + _continuations(_chars_of(texts, files), tok.normalizer),
-        # keep room for Latin pieces; the most frequent characters win
-        limit_alphabet=int(size * 0.9),
+        special_tokens=SPECIALS + _continuations(set(counts), tok.normalizer),
+        initial_alphabet=alphabet,
+        limit_alphabet=len(alphabet),
         continuing_subword_prefix="##",
         show_progress=False,
     )
