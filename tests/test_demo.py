@@ -11,7 +11,7 @@ def test_demo_runs_every_stage(tmp_path):
                        capture_output=True, text=True, env=cli_env(), timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
-    for section in ("== model zoo", "== prepare", "== whole-word masks", "== pretrain", "== fine-tune"):
+    for section in ("== model zoo", "== prepare", "== whole-word masks", "== pretrain", "== fine-tune", "== distil"):
         assert section in out
     assert "minirbt-h256" in out and "segmentation vs gold: word F1" in out
     assert out.count("masked: [CLS]") == 4 and "[MASK]" in out
@@ -21,4 +21,9 @@ def test_demo_runs_every_stage(tmp_path):
     assert "builtin:reviews-sentiment: dev accuracy" in out and "builtin:peoples-daily-ner: dev f1" in out
     assert out.count("(random init) ->") == 2
     assert (tmp_path / "demo" / "finetune" / "peoples-daily-ner" / "teacher" / "dev_metrics.json").exists()
+    # the teacher distilled into a narrow-deep student: size, speed, dev scores next to the teacher's
+    assert "general stage:" in out and "parameters; encoder forward" in out
+    assert out.count("(student)") == 2
+    assert (tmp_path / "demo" / "student" / "manifest.json").exists()
+    assert (tmp_path / "demo" / "distill" / "peoples-daily-ner" / "dev_metrics.json").exists()
     assert "Traceback" not in r.stderr

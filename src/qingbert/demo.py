@@ -3,7 +3,11 @@
 The model zoo; People's Daily + reviews -> clean/dedup -> rjieba segmentation ->
 a vocab built from the corpus -> WWM-ready packed shards (a few sentences shown
 with their whole-word masks); then a small teacher pretrained with whole-word
-masking, with masked-token accuracy before and after and a few filled-in masks.
+masking, with masked-token accuracy before and after and a few filled-in masks;
+the teacher and a random-init model of its shape fine-tuned on the built-in
+sentiment and NER tasks; and the teacher distilled into a narrow-deep student
+(general stage, then task stage from each fine-tuned teacher) with its size,
+speed and dev scores next to the teacher's.
 """
 
 from __future__ import annotations
@@ -26,6 +30,13 @@ TEACHER_RECIPE = {"max_steps": 800, "batch_size": 16, "lr": 5e-4, "warmup_ratio"
 FINETUNE_TASKS = ["builtin:reviews-sentiment", "builtin:peoples-daily-ner"]
 FINETUNE_RECIPE = {"epochs": 3, "batch_size": 32, "lr": 3e-4, "max_len": 128, "warmup_ratio": 0.1,
                    "save_every": 0, "log_every": 50, "max_train_examples": 2000}
+# distillation: a narrow-deep student (half the teacher's width, twice its depth), general stage on the corpus
+# (hidden-state matches + KD at masked positions), then task stage from each fine-tuned teacher
+STUDENT = "minirbt-h256"
+STUDENT_SHAPE = {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 512}
+GENERAL_DISTILL_RECIPE = {"max_steps": 400, "batch_size": 16, "lr": 1e-3, "warmup_ratio": 0.1, "temperature": 1.0,
+                          "matches": "hidden-uniform", "eval_batches": 16, "save_every": 200, "log_every": 50}
+TASK_DISTILL_RECIPE = {"temperature": 2.0, "hard_weight": 1.0, "kd_weight": 1.0}
 # whole words masked, as in training (a WWM model never sees half a word masked)
 FILL = ["今天[MASK][MASK]很好。", "这本书写得很[MASK][MASK]，值得一看。", "中国[MASK][MASK]发展很快。"]
 
@@ -87,9 +98,10 @@ def demo(out: str | Path = "demo-output", examples: int = 4, seed: int = 0, step
     for text in FILL:
         print(format_fill(text, fill_mask(str(teacher), text, top_k=3)))
     ft = finetune_section(teacher, out, steps=steps)
+    ds = distill_section(teacher, data, out, ft, steps=steps)
     print(f"\ndemo finished in {time.time() - t0:.0f} s; outputs in {out}/ "
           f"(the teacher loads with transformers: BertForMaskedLM.from_pretrained('{teacher}'))")
-    return {"prepare": m, "pretrain": pm, "finetune": ft}
+    return {"prepare": m, "pretrain": pm, "finetune": ft, "distill": ds}
 
 
 def finetune_section(teacher: Path, out: Path, steps: int | None = None) -> list[dict]:
@@ -110,8 +122,67 @@ def finetune_section(teacher: Path, out: Path, steps: int | None = None) -> list
                          config=dict(recipe, progress=False))
             scores[label] = r["dev"]
         metric = scores["teacher"]["metric"]
-        rows.append({"task": task, "metric": metric, "random": scores["random init"]["score"],
-                     "teacher": scores["teacher"]["score"]})
+        where = out / "finetune" / task.split(":")[-1]
+        rows.append({"task": task, "metric": metric, "teacher_dir": str(where / "teacher"),
+                     "random": scores["random init"]["score"], "teacher": scores["teacher"]["score"]})
         print(f"{task}: dev {metric} {rows[-1]['random']:.2f} (random init) -> {rows[-1]['teacher']:.2f} (teacher), "
               f"{rows[-1]['teacher'] - rows[-1]['random']:+.2f} points", flush=True)
     return rows
+
+
+def _latency_ms(model_dir: Path, batch: int = 32, seq: int = 128, repeats: int = 5) -> float:
+    """Median forward time of the encoder on a batch x seq block of token ids (torch eager, this machine)."""
+    import torch
+    from transformers import AutoModel
+
+    m = AutoModel.from_pretrained(str(model_dir))
+    m.eval()
+    ids = torch.randint(5, m.config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
+    times = []
+    with torch.inference_mode():
+        m(input_ids=ids)  # warm-up
+        for _ in range(repeats):
+            t = time.perf_counter()
+            m(input_ids=ids)
+            times.append(time.perf_counter() - t)
+    return 1000 * float(np.median(times))
+
+
+def distill_section(teacher: Path, data: Path, out: Path, ft_rows: list[dict], steps: int | None = None) -> dict:
+    """General distillation of the teacher into a narrow-deep student, then task-stage distillation from each
+    fine-tuned teacher; prints sizes, speed and dev scores next to the teacher's."""
+    from .distill import distill_general, distill_task
+
+    shape = ", ".join(f"{k.split('_')[0] if k != 'num_hidden_layers' else 'layers'} {v}"
+                      for k, v in STUDENT_SHAPE.items() if k in ("hidden_size", "num_hidden_layers"))
+    _section(f"distil: the teacher -> a narrow-deep student ({shape}), general stage then task stage")
+    recipe = dict(GENERAL_DISTILL_RECIPE, overrides=STUDENT_SHAPE, progress=False)
+    if steps is not None:
+        recipe.update(max_steps=max(10, steps), save_every=0)
+    general = out / "student"
+    if general.exists():
+        import shutil
+
+        shutil.rmtree(general)
+    gm = distill_general(str(teacher), STUDENT, data, general, recipe)
+    p, ev = gm["parameters"], gm["eval_after"]
+    t_ms, s_ms = _latency_ms(teacher), _latency_ms(general)
+    print(f"general stage: {gm['steps']} steps in {gm['elapsed_s']:.0f} s; student masked-token accuracy "
+          f"{100 * ev['masked_accuracy']:.1f}%, top-1 agreement with the teacher {100 * ev['teacher_agreement']:.1f}%")
+    print(f"size: {p['teacher'] / 1e6:.2f} M -> {p['student'] / 1e6:.2f} M parameters; encoder forward on 32 x 128 "
+          f"tokens: {t_ms:.0f} ms -> {s_ms:.0f} ms ({t_ms / s_ms:.2f}x)")
+    ft_recipe = dict(FINETUNE_RECIPE)
+    if steps is not None:
+        ft_recipe.update(max_steps=max(10, steps), max_train_examples=min(500, ft_recipe["max_train_examples"]))
+    task_only = {k: ft_recipe.pop(k) for k in ("max_len", "max_train_examples")}
+    rows = []
+    for row in ft_rows:
+        task = row["task"]
+        r = distill_task(row["teacher_dir"], str(general), task, out / "distill" / task.split(":")[-1],
+                         config=dict(TASK_DISTILL_RECIPE, **ft_recipe, progress=False), finetune_config=task_only)
+        score, ref = r["dev"]["score"], row["teacher"]
+        rows.append({"task": task, "metric": row["metric"], "teacher": ref, "student": score,
+                     "kept_pct": 100 * score / ref if ref else None})
+        kept = f" ({100 * score / ref:.1f} % of the teacher)" if ref else ""
+        print(f"{task}: dev {row['metric']} {ref:.2f} (teacher) -> {score:.2f} (student){kept}", flush=True)
+    return {"general": gm, "tasks": rows, "latency_ms": {"teacher": t_ms, "student": s_ms}}

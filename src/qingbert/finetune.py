@@ -411,8 +411,11 @@ def _write_predictions(path: Path, head, examples, preds, with_gold: bool) -> No
 
 
 def finetune(model: str, task: str, out: str | Path, data_dir: str | None = None, *,
-             config: FinetuneConfig | dict | None = None, max_len: int | None = None) -> dict:
+             config: FinetuneConfig | dict | None = None, max_len: int | None = None, distill=None) -> dict:
     """Fine-tune ``model`` on ``task`` (a name from :mod:`qingbert.tasks`, or a loaded Task); score on dev.
+
+    ``distill`` (a :class:`qingbert.distill.TaskDistiller`) swaps the objective for task-stage distillation
+    from fine-tuned teachers; everything else (data, loop, outputs) is the same.
 
     Returns ``{"dev": metrics (percent, with "metric" and "score"), "steps", "labels", "out", "elapsed_s"}``.
     """
@@ -439,10 +442,14 @@ def finetune(model: str, task: str, out: str | Path, data_dir: str | None = None
     net, tokenizer, init = load_for_task(model, head, cfg)
     train, train_report = head.encode(train_examples, tokenizer, cfg, train=True)
     collate = head.collator(tokenizer)
+    objective = head.objective(net)
+    if distill is not None:
+        collate = distill.wrap_collator(collate)
+        objective = distill.objective(head, net, tokenizer, t.type)
     dev_feats = None
     if cfg.train.eval_every:
         dev_feats, _ = head.encode(dev_examples, tokenizer, cfg, train=False)
-    trainer = Trainer(head.objective(net), train, collate, out, cfg.train, eval_data=dev_feats)
+    trainer = Trainer(objective, train, collate, out, cfg.train, eval_data=dev_feats)
     trainer.run()
     result = {"steps": trainer.state["step"], "labels": head.labels, "out": str(out), "skipped": dict(t.skipped),
               "skip_examples": t.skip_examples[:5], "fixed": dict(t.fixed)}
@@ -462,6 +469,8 @@ def finetune(model: str, task: str, out: str | Path, data_dir: str | None = None
                     "config": {**asdict(cfg), "train": asdict(cfg.train)}, "steps": trainer.state["step"],
                     "processes": trainer.world,
                     "dev": dev, "elapsed_s": round(time.time() - t0, 2)}
+        if distill is not None:
+            manifest.update(stage="task-distill", distill=distill.record())
         write_manifest(out, manifest)
         atomic_write_text(out / "dev_metrics.json", json.dumps(dev, indent=2, ensure_ascii=False) + "\n")
         result["dev"] = dev

@@ -79,13 +79,15 @@ def open_data(data: str | Path):
     return train, eval_, load_tokenizer(str(data / "tokenizer")), m
 
 
-def load_mlm(model: str, tokenizer, overrides: dict | None = None) -> tuple[object, dict]:
-    """A masked-LM model for ``model`` (zoo name -> from scratch; folder/hub id -> weights) + how it was made."""
+def load_mlm(model: str, tokenizer, overrides: dict | None = None, weights: bool = False) -> tuple[object, dict]:
+    """A masked-LM model for ``model`` (zoo name -> from scratch; folder/hub id -> weights) + how it was made.
+
+    With ``weights`` a zoo name means its published weights (its hub id), as a teacher needs."""
     from . import zoo
 
     vocab = tokenizer.get_vocab()
     spec = None
-    if not Path(model).exists():
+    if not Path(model).exists() and not weights:
         try:
             spec = zoo.get_spec(model)
         except QingbertError:

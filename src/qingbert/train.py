@@ -9,7 +9,9 @@ logging (console, TensorBoard, ``metrics.jsonl``), evaluation, atomic
 checkpoints and exact resume.
 
 Objectives may also define ``evaluate_batch(batch) -> dict of sums`` and
-``summarize(totals) -> dict`` for evaluation.
+``summarize(totals) -> dict`` for evaluation, and ``set_progress(fraction)``,
+called before every step with ``step / total_steps`` (for scheduled
+temperatures and loss weights).
 
 Data order is a seeded permutation per epoch, and each process takes its own
 slice of every global batch, so ``accelerate launch --num_processes N`` runs the
@@ -332,6 +334,8 @@ class Trainer:
                 m = self.state["micro"]
                 lo = (m * world + self.rank) * bs
                 batch = self._batch(self.train_data, order[lo:lo + bs], epoch, self.collate)
+                if hasattr(self.objective, "set_progress"):  # scheduled temperatures / loss weights
+                    self.objective.set_progress(self.state["step"] / self.total_steps)
                 with self.acc.accumulate(self.model):
                     loss, metrics = self.model(batch)
                     self.acc.backward(loss)
