@@ -391,3 +391,42 @@ def test_task_distillation_ner_and_label_mismatch(tiny_model, tmp_path):
     with pytest.raises(QingbertError, match="not a fine-tuned folder"):
         distill_task(str(tiny_model), f"random:{tiny_model}", "builtin:reviews-sentiment", tmp_path / "y",
                      config={**FAST, "max_steps": 2}, finetune_config={"max_train_examples": 32})
+
+
+def test_student_from_any_config_and_mrc_task_stage(small_prepared, teacher_dir, tiny_model, tmp_path):
+    from qingbert.finetune import finetune
+
+    from .test_finetune import _write_cmrc
+
+    # a student given as a bare config.json (any architecture transformers knows), built on the data's vocab
+    cfg_file = tmp_path / "student.json"
+    cfg_file.write_text(json.dumps({"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 3,
+                                    "num_attention_heads": 2, "intermediate_size": 64, "vocab_size": 7}))
+    m = distill_general(str(teacher_dir), str(cfg_file), small_prepared, tmp_path / "g", {**FAST, "max_steps": 3})
+    assert m["student_shape"]["layers"] == 3 and m["student_shape"]["vocab"] == m["teacher_shape"]["vocab"]
+    assert m["student_init"]["init"].startswith("random (config")
+    # task stage on span-extraction reading comprehension (start/end distributions over positions)
+    data = _write_cmrc(tmp_path / "cmrc")
+    teacher = tmp_path / "mrc-teacher"
+    finetune(str(tiny_model), "cmrc2018", teacher, data_dir=str(data), max_len=64,
+             config={**FAST, "max_steps": 8})
+    r = distill_task(str(teacher), f"random:{tiny_model}", "cmrc2018", tmp_path / "s", str(data),
+                     config={**FAST, "max_steps": 8, "temperature": 2.0}, finetune_config={"max_len": 64})
+    assert {"em", "f1"} <= set(r["dev"])
+    log = [json.loads(x) for x in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(x["loss"]) for x in log)
+
+
+def test_two_processes_with_accelerate(small_prepared, teacher_dir, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "qingbert", "distill", "--teacher", str(teacher_dir), "--student", "minirbt-h256", "--layers", "2",
+           "--data", str(small_prepared), "--out", str(out), "--max-steps", "8", "--batch-size", "4",
+           "--save-every", "4", "--threads", "1", "--log-every", "2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((out / "student" / "manifest.json").read_text())
+    assert m["processes"] == 2 and m["steps"] == 8
+    assert r.stdout.count("general-distill:") == 1
+    assert list_checkpoints(out / "student")

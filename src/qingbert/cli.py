@@ -454,6 +454,10 @@ def _run_distill(args: argparse.Namespace) -> None:
         recipe["init_from_teacher_layers"] = layers
     r = distill(teachers, args.student, args.data, args.out, assistant=args.assistant, config=recipe,
                 assistant_config=assistant_recipe)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # (under `accelerate launch`, one report)
+        return
     for m in r["stages"]:
         ev = m.get("eval_after") or {}
         p = m.get("parameters", {})

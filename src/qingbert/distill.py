@@ -598,9 +598,36 @@ def _fit_teacher_head(teacher, train_ds, eval_ds, collate, out: Path, cfg: Disti
     return teacher
 
 
-def _stage_done(out: Path) -> dict | None:
+def _load_student(student: str, tokenizer, overrides: dict):
+    """A zoo shape or model folder (as pretraining loads them), or any config: a ``config.json`` file or a folder
+    holding only one -> a random-init masked LM of that config with the data's vocabulary."""
+    from .pretrain import load_mlm
+
+    p = Path(student)
+    config_file = p if p.is_file() and p.suffix == ".json" else p / "config.json"
+    has_weights = p.is_dir() and (any(p.glob("*.safetensors")) or any(p.glob("*.bin")))
+    if config_file.is_file() and not has_weights:
+        from transformers import AutoConfig, AutoModelForMaskedLM
+
+        try:
+            config = AutoConfig.from_pretrained(str(config_file))
+        except (OSError, ValueError) as e:
+            raise QingbertError(f"{config_file}: not a transformers config ({str(e).splitlines()[0][:200]})") from None
+        config.vocab_size = len(tokenizer)
+        config.pad_token_id = tokenizer.pad_token_id
+        for k, v in overrides.items():
+            setattr(config, k, v)
+        return AutoModelForMaskedLM.from_config(config), {"init": f"random (config {config_file})"}
+    return load_mlm(student, tokenizer, overrides)
+
+
+def _once(out: Path, cfg: DistillConfig, run) -> dict:
+    """Run a stage unless its folder already holds a complete one (then say so and return its manifest)."""
     m = read_manifest(out)
-    return m if m and m.get("format") == FORMAT and m.get("complete") else None
+    if m and m.get("format") == FORMAT and m.get("complete") and not cfg.train.resume:
+        print(f"{m.get('stage', 'stage')} already done: {out} (delete it to redo)", flush=True)
+        return m
+    return run()
 
 
 def distill_general(teacher: str | list, student: str, data: str | Path, out: str | Path,
@@ -644,7 +671,7 @@ def distill_general(teacher: str | list, student: str, data: str | Path, out: st
         net = init_from_teacher_layers(teachers[0], layers, **cfg.overrides)
         s_init = {"init": f"teacher layers {layers} of {names[0]}"}
     else:
-        net, s_init = load_mlm(str(student), tokenizer, cfg.overrides)
+        net, s_init = _load_student(str(student), tokenizer, cfg.overrides)
     t_shape, s_shape = Shape.of(teachers[0]), Shape.of(net)
     matches = resolve_matches("hidden-uniform" if cfg.matches is None else cfg.matches, t_shape, s_shape)
     objective = GeneralDistillObjective(teachers, net, cfg, matches=matches)
@@ -652,7 +679,6 @@ def distill_general(teacher: str | list, student: str, data: str | Path, out: st
     before = None if cfg.train.resume else trainer.evaluate()
     history = trainer.run()
     after = next((h for h in reversed(history) if h.get("split") == "eval"), None)
-    manifest = read_manifest(out) or {}
     if trainer.acc.is_main_process:
         final = trainer.unwrapped_objective().trained_model()
         final.save_pretrained(str(out), safe_serialization=True)
@@ -678,9 +704,8 @@ def distill_general(teacher: str | list, student: str, data: str | Path, out: st
             "elapsed_s": round(time.time() - t0, 2),
         }
         write_manifest(out, manifest)
-        manifest = read_manifest(out)
     trainer.acc.wait_for_everyone()
-    return manifest
+    return read_manifest(out) or {}
 
 
 def _config_record(cfg: DistillConfig) -> dict:
@@ -711,11 +736,8 @@ def distill(teacher: str | list, student: str, data: str | Path, out: str | Path
             a_cfg = copy.deepcopy(cfg)
             a_cfg.overrides = {}
         a_out = out / "assistant"
-        done = _stage_done(a_out)
-        if done and not a_cfg.train.resume:
-            print(f"assistant stage already done: {a_out} (delete it to redo)", flush=True)
-            stages.append(done)
-        else:
+
+        def run_assistant():
             if not a_cfg.init_from_teacher_layers:
                 spec = zoo.get_spec(assistant) if not Path(str(assistant)).exists() else None
                 t_cfg = _peek_config(teacher[0] if isinstance(teacher, list) else teacher)
@@ -727,15 +749,12 @@ def distill(teacher: str | list, student: str, data: str | Path, out: str | Path
                                             f"{t_cfg['layers']}: an assistant cannot be deeper than its teacher")
                     if width == t_cfg["width"]:
                         a_cfg.init_from_teacher_layers = default_layers(t_cfg["layers"], depth)
-            stages.append(distill_general(teacher, assistant, data, a_out, a_cfg))
+            return distill_general(teacher, assistant, data, a_out, a_cfg)
+
+        stages.append(_once(a_out, a_cfg, run_assistant))
         current = str(a_out)
     s_out = out / "student"
-    done = _stage_done(s_out)
-    if done and not cfg.train.resume:
-        print(f"student stage already done: {s_out} (delete it to redo)", flush=True)
-        stages.append(done)
-    else:
-        stages.append(distill_general(current, student, data, s_out, cfg))
+    stages.append(_once(s_out, cfg, lambda: distill_general(current, student, data, s_out, cfg)))
     return {"stages": stages, "out": str(out), "student": str(s_out)}
 
 
