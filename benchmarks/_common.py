@@ -79,3 +79,46 @@ def peak_rss_mib() -> tuple[float, float]:
         pass
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * unit / 2**20
     return round(own, 1), round(kids, 1)
+
+
+def prepare_corpus(sources: list[str], work, seq_len: int):
+    """Prepare ``sources`` into ``work/data`` (untimed setup); returns the tokenizer and the data's statistics."""
+    from pathlib import Path
+
+    from qingbert.prepare import load_prepared, prepare
+    from qingbert.vocab import load_tokenizer
+
+    work = Path(work)
+    t = time.perf_counter()
+    prepare(sources, work / "data", max_seq_len=seq_len, progress=False, overwrite=True)
+    prep_s = time.perf_counter() - t
+    tok = load_tokenizer(str(work / "data" / "tokenizer"))
+    lens = [len(x) for x in load_prepared(work / "data", "train")["input_ids"]]
+    return tok, {"prepare_s": round(prep_s, 1), "train_sequences": len(lens), "train_tokens": sum(lens),
+                 "mean_len": round(sum(lens) / len(lens), 1), "max_len": max(lens), "data_vocab": len(tok),
+                 "pad_id": tok.pad_token_id, "sources": sources}
+
+
+def save_initial_mlm(zoo_name: str, vocab: int, tok, data_dir, folder, seed: int) -> dict:
+    """A random-init ``BertForMaskedLM`` of a zoo shape saved with the data's tokenizer files (qingbert requires a
+    model folder's tokenizer to be the data's; a folder without tokenizer files still loads a 5-token one in
+    transformers 5, which fails that check); returns its shape."""
+    import shutil
+    from pathlib import Path
+
+    import torch
+    from transformers import BertForMaskedLM
+
+    from qingbert import zoo
+
+    config = zoo.build_config(zoo_name, vocab_size=vocab)
+    config.pad_token_id = tok.pad_token_id
+    torch.manual_seed(seed)
+    model = BertForMaskedLM(config)
+    folder = Path(folder)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    for f in (Path(data_dir) / "tokenizer").iterdir():
+        shutil.copy(f, folder / f.name)
+    return {"zoo": zoo_name, "parameters": sum(p.numel() for p in model.parameters()),
+            "layers": config.num_hidden_layers, "hidden": config.hidden_size, "ffn": config.intermediate_size,
+            "heads": config.num_attention_heads, "vocab_size": config.vocab_size}

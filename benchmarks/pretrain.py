@@ -119,41 +119,11 @@ def _order(n: int, seed: int):
 
 def run_setup(args) -> dict:
     """Prepare the data and save the initial model(s); one process, not timed."""
-    import torch
-    from transformers import BertForMaskedLM
-
-    from qingbert import zoo
-    from qingbert.prepare import load_prepared, prepare
-    from qingbert.vocab import load_tokenizer
-
     work = Path(args.work)
-    t = time.perf_counter()
-    prepare(SOURCES, work / "data", max_seq_len=args.seq_len, progress=False, overwrite=True)
-    prep_s = time.perf_counter() - t
-    tok = load_tokenizer(str(work / "data" / "tokenizer"))
-    ds = load_prepared(work / "data", "train")
-    lens = [len(x) for x in ds["input_ids"]]
-    out = {"prepare_s": round(prep_s, 1), "train_sequences": len(ds), "train_tokens": sum(lens),
-           "mean_len": round(sum(lens) / len(lens), 1), "max_len": max(lens),
-           "data_vocab": len(tok), "pad_id": tok.pad_token_id, "sources": SOURCES, "shapes": {}}
-    for key in args.shapes.split(","):
-        zoo_name = SHAPES[key][0]
-        config = zoo.build_config(zoo_name, vocab_size=VOCAB)
-        config.pad_token_id = tok.pad_token_id
-        torch.manual_seed(SEED)
-        model = BertForMaskedLM(config)
-        folder = work / f"init_{key}"
-        model.save_pretrained(str(folder), safe_serialization=True)
-        # the data's tokenizer goes with it: pretrain() requires the model folder's tokenizer to be the
-        # data's, and with transformers 5 a folder without tokenizer files still loads one (5 special
-        # tokens only), which fails that check
-        for f in (work / "data" / "tokenizer").iterdir():
-            shutil.copy(f, folder / f.name)
-        out["shapes"][key] = {"zoo": zoo_name, "parameters": sum(p.numel() for p in model.parameters()),
-                              "layers": config.num_hidden_layers, "hidden": config.hidden_size,
-                              "ffn": config.intermediate_size, "heads": config.num_attention_heads,
-                              "vocab_size": config.vocab_size}
-        del model
+    tok, out = _common.prepare_corpus(SOURCES, work, args.seq_len)
+    out["shapes"] = {key: _common.save_initial_mlm(SHAPES[key][0], VOCAB, tok, work / "data", work / f"init_{key}",
+                                                   SEED)
+                     for key in args.shapes.split(",")}
     return out
 
 

@@ -636,8 +636,7 @@ def distill_general(teacher: str | list, student: str, data: str | Path, out: st
     -> ``student`` (zoo shape, folder, or built from teacher layers with ``init_from_teacher_layers``)
     on a prepared WWM folder.  Returns the stage manifest."""
     from .mlm import WWMCollator
-    from .pretrain import load_mlm, open_data, tokenizer_info
-    from .vocab import save_tokenizer
+    from .pretrain import load_mlm, open_data, tokenizer_info, train_and_save
 
     cfg = config if isinstance(config, DistillConfig) else DistillConfig.from_dict(config)
     out = Path(out)
@@ -676,13 +675,8 @@ def distill_general(teacher: str | list, student: str, data: str | Path, out: st
     matches = resolve_matches("hidden-uniform" if cfg.matches is None else cfg.matches, t_shape, s_shape)
     objective = GeneralDistillObjective(teachers, net, cfg, matches=matches)
     trainer = Trainer(objective, train_ds, collate, out, cfg.train, eval_data=eval_ds)
-    before = None if cfg.train.resume else trainer.evaluate()
-    history = trainer.run()
-    after = next((h for h in reversed(history) if h.get("split") == "eval"), None)
+    before, after, _, final = train_and_save(trainer, tokenizer, out, cfg.train.resume)
     if trainer.acc.is_main_process:
-        final = trainer.unwrapped_objective().trained_model()
-        final.save_pretrained(str(out), safe_serialization=True)
-        save_tokenizer(tokenizer, out)
         proj = trainer.unwrapped_objective().projections
         if len(proj) and any(sum(p.numel() for p in q.parameters()) for q in proj):
             from safetensors.torch import save_file

@@ -140,15 +140,8 @@ def pretrain(model: str, data: str | Path, out: str | Path, config: PretrainConf
     objective = MLMObjective(net)
     collate = WWMCollator(tokenizer_info(tokenizer), cfg.masking, seed=cfg.train.seed)
     trainer = Trainer(objective, train_ds, collate, out, cfg.train, eval_data=eval_ds)
-    before = None if cfg.train.resume else trainer.evaluate()
-    history = trainer.run()
-    after = next((h for h in reversed(history) if h.get("split") == "eval"), None)
+    before, after, history, final = train_and_save(trainer, tokenizer, out, cfg.train.resume)
     if trainer.acc.is_main_process:
-        final = trainer.unwrapped_objective().trained_model()
-        final.save_pretrained(str(out), safe_serialization=True)
-        from .vocab import save_tokenizer
-
-        save_tokenizer(tokenizer, out)
         train_log = [h for h in history if h.get("split") == "train"]
         manifest = {
             "format": FORMAT,
@@ -174,6 +167,23 @@ def pretrain(model: str, data: str | Path, out: str | Path, config: PretrainConf
         return manifest
     trainer.acc.wait_for_everyone()
     return read_manifest(out) or {}
+
+
+def train_and_save(trainer, tokenizer, out: Path, resume: bool):
+    """Evaluate (unless resuming), train, evaluate; the main process saves the trained model and tokenizer.
+
+    Returns ``(eval before, eval after, history, trained model or None off the main process)``."""
+    from .vocab import save_tokenizer
+
+    before = None if resume else trainer.evaluate()
+    history = trainer.run()
+    after = next((h for h in reversed(history) if h.get("split") == "eval"), None)
+    final = None
+    if trainer.acc.is_main_process:
+        final = trainer.unwrapped_objective().trained_model()
+        final.save_pretrained(str(out), safe_serialization=True)
+        save_tokenizer(tokenizer, out)
+    return before, after, history, final
 
 
 def fill_mask(model: str, text: str, top_k: int = 5) -> list:
