@@ -21,3 +21,6 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/prepare.py
 	$(PY) benchmarks/pretrain.py
 	$(PY) benchmarks/finetune.py
+	$(PY) -m pip install --quiet textbrewer==0.2.1.post1
+	$(PY) benchmarks/distill.py
+	$(PY) benchmarks/distill_quality.py
