@@ -52,7 +52,11 @@ TRAIN_FLAGS = (("batch-size", int, "sequences per process per step (default 32)"
                ("seed", int, "random seed (default 42)"),
                ("threads", int, "torch CPU threads per process (default: torch's)"))
 PRETRAIN_FLAGS = (("mlm-probability", float, "share of tokens masked, whole words (default 0.15)"),
-                  ("max-ngram", int, "n-gram whole-word masking up to n words (default 1)"))
+                  ("max-ngram", int, "n-gram whole-word masking up to n words (default 1)"),
+                  ("init", str, "a zoo shape's initialisation: local-attention (default; first-layer heads start "
+                                "out looking at the neighbouring tokens) or default (transformers' own)"),
+                  ("train-dropout", float, "dropout while pretraining (default: the model's; the saved config "
+                                           "keeps the model's own for fine-tuning)"))
 FINETUNE_FLAGS = (("max-len", int, "tokens per sequence / MRC window (default 128)"),
                   ("doc-stride", int, "MRC: tokens shared by consecutive windows (default max-len/4)"),
                   ("max-query-len", int, "MRC: question tokens kept (default 64)"),

@@ -14,12 +14,15 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import torch
+
 from .errors import QingbertError
 from .manifest import read_manifest, write_manifest
 from .mlm import MaskingConfig, MLMObjective, WWMCollator
 from .train import Trainer, TrainConfig, seed_everything
 
 FORMAT = "qingbert.model/1"
+OWN = ("objective", "overrides", "init", "train_dropout")
 
 
 @dataclass
@@ -28,6 +31,11 @@ class PretrainConfig:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     objective: str = "wwm"
     overrides: dict = field(default_factory=dict)  # model config overrides for zoo shapes (e.g. num_hidden_layers)
+    # models built from scratch: "local-attention" (qingbert.inits; escapes the MLM plateau much sooner) or
+    # "default" (transformers' own random init)
+    init: str = "local-attention"
+    # dropout while pretraining (None: the model config's); the saved config keeps the model's own value
+    train_dropout: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "PretrainConfig":
@@ -43,11 +51,11 @@ class PretrainConfig:
                 setattr(cfg.train, k, v)
             elif k in mf:
                 setattr(cfg.masking, k, v)
-            elif k in ("objective", "overrides"):
+            elif k in OWN:
                 setattr(cfg, k, v)
             else:
                 raise QingbertError(f"unknown pretraining option '{k}'",
-                                    hint="known: " + ", ".join(sorted(tf | mf | {"objective", "overrides"})))
+                                    hint="known: " + ", ".join(sorted(tf | mf | set(OWN))))
         cfg.masking.__post_init__()
         return cfg
 
@@ -79,10 +87,12 @@ def open_data(data: str | Path):
     return train, eval_, load_tokenizer(str(data / "tokenizer")), m
 
 
-def load_mlm(model: str, tokenizer, overrides: dict | None = None, weights: bool = False) -> tuple[object, dict]:
+def load_mlm(model: str, tokenizer, overrides: dict | None = None, weights: bool = False,
+             init: str = "default") -> tuple[object, dict]:
     """A masked-LM model for ``model`` (zoo name -> from scratch; folder/hub id -> weights) + how it was made.
 
-    With ``weights`` a zoo name means its published weights (its hub id), as a teacher needs."""
+    With ``weights`` a zoo name means its published weights (its hub id), as a teacher needs.  ``init`` names
+    the initialisation of a model built from scratch (:mod:`qingbert.inits`); weights are never re-initialised."""
     from . import zoo
 
     vocab = tokenizer.get_vocab()
@@ -94,9 +104,12 @@ def load_mlm(model: str, tokenizer, overrides: dict | None = None, weights: bool
             if "/" not in model:  # not a hub id either: the zoo's did-you-mean is the helpful message
                 raise
     if spec is not None:
+        from .inits import apply_init
+
         m = zoo.build_model(spec, vocab_size=len(vocab), head="mlm", **(overrides or {}))
         m.config.pad_token_id = tokenizer.pad_token_id
-        return m, {"init": "random (from scratch)", "zoo": spec.name, "head_initialised": False}
+        return m, {"init": "random (from scratch)", "zoo": spec.name, "head_initialised": False,
+                   "initialisation": apply_init(m, init)}
     m, info = zoo.load_model(model, head="mlm", loading_info=True)
     model_tok = None
     local = Path(model)
@@ -123,8 +136,6 @@ def load_mlm(model: str, tokenizer, overrides: dict | None = None, weights: bool
 def pretrain(model: str, data: str | Path, out: str | Path, config: PretrainConfig | dict | None = None,
              **train_overrides) -> dict:
     """Pretrain (or continue pretraining) ``model`` on a prepared folder; returns the manifest."""
-    import torch
-
     cfg = config if isinstance(config, PretrainConfig) else PretrainConfig.from_dict(config or {})
     for k, v in train_overrides.items():
         if not hasattr(cfg.train, k):
@@ -136,11 +147,13 @@ def pretrain(model: str, data: str | Path, out: str | Path, config: PretrainConf
     t0 = time.time()
     train_ds, eval_ds, tokenizer, data_manifest = open_data(data)
     seed_everything(cfg.train.seed)  # before the model is built: random init depends on it
-    net, init = load_mlm(model, tokenizer, cfg.overrides)
+    net, init = load_mlm(model, tokenizer, cfg.overrides, init=cfg.init)
+    saved_dropout = set_dropout(net, cfg.train_dropout)
     objective = MLMObjective(net)
     collate = WWMCollator(tokenizer_info(tokenizer), cfg.masking, seed=cfg.train.seed)
     trainer = Trainer(objective, train_ds, collate, out, cfg.train, eval_data=eval_ds)
-    before, after, history, final = train_and_save(trainer, tokenizer, out, cfg.train.resume)
+    before, after, history, final = train_and_save(trainer, tokenizer, out, cfg.train.resume,
+                                                   config_updates=saved_dropout)
     if trainer.acc.is_main_process:
         train_log = [h for h in history if h.get("split") == "train"]
         manifest = {
@@ -151,7 +164,8 @@ def pretrain(model: str, data: str | Path, out: str | Path, config: PretrainConf
             "init": init,
             "data": {"path": str(Path(data).resolve()), "sources": data_manifest.get("sources"),
                      "train_sequences": len(train_ds), "eval_sequences": len(eval_ds) if eval_ds else 0},
-            "recipe": {"train": asdict(cfg.train), "masking": asdict(cfg.masking), "overrides": cfg.overrides},
+            "recipe": {"train": asdict(cfg.train), "masking": asdict(cfg.masking), "overrides": cfg.overrides,
+                       "init": cfg.init, "train_dropout": cfg.train_dropout},
             "steps": trainer.state["step"],
             "tokens_seen": trainer.state["tokens_seen"],
             "processes": trainer.world,
@@ -169,8 +183,25 @@ def pretrain(model: str, data: str | Path, out: str | Path, config: PretrainConf
     return read_manifest(out) or {}
 
 
-def train_and_save(trainer, tokenizer, out: Path, resume: bool):
-    """Evaluate (unless resuming), train, evaluate; the main process saves the trained model and tokenizer.
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+
+
+def set_dropout(model, p: float | None) -> dict:
+    """Set every dropout module of ``model`` to ``p`` for training (None: leave it); returns the config values to
+    write back on save, so the saved model keeps its own dropout for fine-tuning."""
+    if p is None:
+        return {}
+    if not 0 <= p < 1:
+        raise QingbertError(f"train_dropout must be in [0, 1), got {p}")
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Dropout):
+            mod.p = p
+    return {k: getattr(model.config, k) for k in DROPOUT_KEYS if hasattr(model.config, k)}
+
+
+def train_and_save(trainer, tokenizer, out: Path, resume: bool, config_updates: dict | None = None):
+    """Evaluate (unless resuming), train, evaluate; the main process saves the trained model and tokenizer
+    (with ``config_updates`` set on the saved config).
 
     Returns ``(eval before, eval after, history, trained model or None off the main process)``."""
     from .vocab import save_tokenizer
@@ -181,6 +212,8 @@ def train_and_save(trainer, tokenizer, out: Path, resume: bool):
     final = None
     if trainer.acc.is_main_process:
         final = trainer.unwrapped_objective().trained_model()
+        for k, v in (config_updates or {}).items():
+            setattr(final.config, k, v)
         final.save_pretrained(str(out), safe_serialization=True)
         save_tokenizer(tokenizer, out)
     return before, after, history, final
