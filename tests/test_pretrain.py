@@ -276,3 +276,36 @@ def test_model_folder_without_tokenizer_files_is_accepted(small_prepared, tmp_pa
     model.save_pretrained(tmp_path / "weights_only")
     m = pretrain(str(tmp_path / "weights_only"), small_prepared, tmp_path / "o", {**TINY, "max_steps": 2})
     assert m["steps"] == 2 and m["init"]["head_initialised"] is False
+
+
+def test_document_mask_keeps_packed_texts_apart():
+    from qingbert.mlm import attention_of, document_attention
+
+    # [CLS] a a [SEP] b [SEP] [PAD]
+    wid = np.array([[-1, 0, 1, -1, 2, -1, -1]])
+    att = np.array([[1, 1, 1, 1, 1, 1, 0]])
+    keep = (document_attention(wid, att)[0, 0] == 0).int().numpy()
+    assert (keep[:4, :4] == 1).all() and (keep[:4, 4:] == 0).all()  # [CLS] belongs to the first text
+    assert (keep[4:6, 4:6] == 1).all() and (keep[4:6, :4] == 0).all() and keep[6, 6] == 1 and keep[:6, 6].sum() == 0
+    torch.manual_seed(0)
+    m = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                   intermediate_size=32)).eval()
+    ids = torch.tensor([[2, 10, 11, 3, 12, 3, 0]])
+    batch = {"input_ids": ids, "attention_mask": torch.from_numpy(att), "document_attention": document_attention(wid, att)}
+    for impl in ("sdpa", "eager"):
+        m.set_attn_implementation(impl)
+        with torch.no_grad():
+            packed = m.bert(input_ids=ids, attention_mask=attention_of(batch)).last_hidden_state
+            alone = m.bert(input_ids=ids[:, :4]).last_hidden_state
+            mixed = m.bert(input_ids=ids, attention_mask=batch["attention_mask"]).last_hidden_state
+        assert torch.allclose(packed[0, :4], alone[0], atol=1e-5), impl  # the first text sees only itself
+        assert not torch.allclose(mixed[0, :4], alone[0], atol=1e-3)
+
+
+def test_document_mask_in_the_collator_and_pretraining(small_prepared, tmp_path):
+    batch, _, _ = collate_all(small_prepared, n=8, cfg=MaskingConfig(document_mask=True))
+    assert batch["document_attention"].shape == (8, 1, batch["input_ids"].shape[1], batch["input_ids"].shape[1])
+    m = pretrain("minirbt-h256", small_prepared, tmp_path / "doc", dict(TINY, max_steps=4, document_mask=True,
+                                                                          save_every=0))
+    assert m["recipe"]["masking"]["document_mask"] and m["steps"] == 4
+    assert m["init"]["initialisation"]["init"] == "local-attention" and m["eval_masking"] == 0.15

@@ -1,14 +1,16 @@
 """qingbert (轻BERT): small, fast Chinese pretrained language models, from raw text to a served model.
 
-The top level re-exports each stage's main function; ``qingbert.zoo`` is the model zoo.
+The top level re-exports each stage's main function; ``qingbert.zoo`` is the model zoo; ``qingbert.load(DIR)``
+opens any model folder for ``predict`` / ``encode`` on its fastest backend.
 Importing qingbert does not import torch or transformers.
 """
 
 from . import zoo
 from .errors import QingbertError
+from .inference import load
 from .prepare import PrepareConfig, load_prepared, prepare
 from .vocab import build_vocab
 
 __version__ = "0.1.0"
 
-__all__ = ["QingbertError", "PrepareConfig", "prepare", "load_prepared", "build_vocab", "zoo", "__version__"]
+__all__ = ["QingbertError", "PrepareConfig", "prepare", "load_prepared", "build_vocab", "load", "zoo", "__version__"]

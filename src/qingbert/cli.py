@@ -21,9 +21,12 @@ VERBS = {
     "pretrain": "whole-word-masking MLM pretraining (from scratch or continued) on prepared shards",
     "fill-mask": "show a masked-LM model's top fillers for each [MASK] in a text",
     "finetune": "fine-tune a model on a Chinese task (classification, pair, NER, MRC); dev scores + predictions",
-    "predict": "predict a task split with a fine-tuned folder; writes CLUE / CMRC submission files",
+    "predict": "predict texts (or a task split: CLUE / CMRC submission files) with any model folder, on its fastest "
+               "backend",
     "distill": "knowledge distillation: teacher -> (assistant ->) student, general (WWM data) or task stage",
     "bench": "the MiniRBT fine-tuning protocol: lr grid x epochs x seeds over models and tasks; tables + plot",
+    "export": "a model folder -> the same folder + ONNX (fused fp32, int8) with parity checks and measured speed",
+    "speed": "the seeds' speed table on this machine: params, seq/s for torch / ONNX / int8, speedup vs the base",
     "demo": "run the pipeline on the built-in Chinese data",
 }
 
@@ -88,8 +91,8 @@ def _recipe_with_flags(args: argparse.Namespace, extra=()) -> dict:
     return recipe
 
 
-def _add_task_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", required=True,
+def _add_task_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--task", required=required, default=None,
                    help="tnews, afqmc, iflytek, cmnli, ocnli, cluewsc2020, csl, eprstmt, bustm, lcqmc, bq, "
                         "chnsenticorp, thucnews, cmrc2018, drcd, cluener, builtin:reviews-sentiment, "
                         "builtin:peoples-daily-ner; or classification / pair with --text-col etc. for any file")
@@ -169,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="YAML recipe: any option below (flat or under train:/masking:)")
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
     _add_train_args(p, PRETRAIN_FLAGS)
+    p.add_argument("--document-mask", action="store_true", default=None,
+                   help="packed texts attend only to themselves (no attention across the texts of a sequence)")
     p.add_argument("--layers", type=int, default=None, help="for a zoo shape: number of layers (a smaller teacher)")
 
     p = sub.add_parser("fill-mask", help=VERBS["fill-mask"], description=VERBS["fill-mask"])
@@ -187,12 +192,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p, FINETUNE_FLAGS)
     p.add_argument("--layers", type=int, default=None, help="for random:<zoo name>: number of layers")
 
-    p = sub.add_parser("predict", help=VERBS["predict"], description=VERBS["predict"])
-    p.add_argument("--model", required=True, help="a folder made by `qingbert finetune`")
-    _add_task_args(p)
+    p = sub.add_parser("predict", help=VERBS["predict"], description=VERBS["predict"] + (
+        ". With --task: a split of the task -> a submission file; with --text / --input: one JSON result per line "
+        "on stdout (or --out)."))
+    p.add_argument("--model", required=True, help="a fine-tuned (or exported) folder")
+    _add_task_args(p, required=False)
+    p.add_argument("--text", action="append", default=None,
+                   help="a text to predict (repeatable); pairs as 'a ||| b'; MRC as 'question ||| context'")
+    p.add_argument("--input", default=None, help="a file with one text per line (or - for stdin)")
+    p.add_argument("--backend", default=None, help="torch, onnx or onnx-int8 (default: the fastest in the folder)")
     p.add_argument("--split", default="test", help="train, dev or test (default test)")
     p.add_argument("--out", default=None, help="submission file (default MODEL/<task>_predict.json[l])")
     p.add_argument("--batch-size", type=int, default=64)
+
+    p = sub.add_parser("export", help=VERBS["export"], description=VERBS["export"])
+    p.add_argument("model", help="a model folder (pretrained, distilled or fine-tuned)")
+    p.add_argument("--out", required=True, help="output folder: a copy of the model plus onnx/")
+    p.add_argument("--onnx", action="store_true", help="the fused fp32 ONNX graph")
+    p.add_argument("--int8", action="store_true", help="the int8 (dynamically quantised) graph")
+    p.add_argument("--task", default=None, help="task to check dev parity on (default: the model's own)")
+    p.add_argument("--data", default=None, help="the task's files, when they are not built in")
+    p.add_argument("--max-dev-examples", type=int, default=1000, help="dev examples scored per backend")
+    p.add_argument("--force", action="store_true", help="keep an export whose parity check failed")
+    p.add_argument("--threads", type=int, default=0, help="threads for the measurements (default: all cores)")
+
+    p = sub.add_parser("speed", help=VERBS["speed"], description=VERBS["speed"])
+    p.add_argument("models", nargs="*", help="zoo shapes or model folders (default: the seeds' shapes)")
+    p.add_argument("--out", default="speed", help="folder for speed.json / speed.md / speed.png")
+    p.add_argument("--grid", default="1x32,8x64,32x128", help="batch x sequence length points")
+    p.add_argument("--backends", default="torch,onnx,onnx-int8")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="threads (default: one per core)")
+    p.add_argument("--base", default="roberta-wwm-ext", help="the reference for speedups (torch eager fp32)")
 
     p = sub.add_parser("distill", help=VERBS["distill"], description=VERBS["distill"] + (
         ". General stage with --data (a prepared folder); task stage with --task (teachers = fine-tuned folders). "
@@ -310,6 +341,8 @@ def run(args: argparse.Namespace) -> int:
         recipe = _recipe_with_flags(args, PRETRAIN_FLAGS)
         if args.resume:
             recipe["resume"] = True
+        if args.document_mask:
+            recipe["document_mask"] = True
         if args.layers:
             recipe.setdefault("overrides", {})["num_hidden_layers"] = args.layers
         m = pretrain(args.model, args.data, args.out, recipe)
@@ -339,13 +372,31 @@ def run(args: argparse.Namespace) -> int:
             print(f"{r['steps']} steps in {r['elapsed_s']:.0f} s; wrote {args.out} (dev_metrics.json, "
                   "predictions-dev.jsonl; loads with transformers)")
     elif args.verb == "predict":
-        from .finetune import format_scores, predict
+        _run_predict(args)
+    elif args.verb == "export":
+        from .export import export, export_summary
 
-        r = predict(args.model, _task_from_args(args), args.out, args.data, split=args.split,
-                    batch_size=args.batch_size)
-        if "scores" in r:
-            print(f"{r['split']}: {format_scores(r['scores'])}")
-        print(f"wrote {r['file']} ({r['examples']} {r['split']} examples)")
+        both = not args.onnx and not args.int8  # neither flag: both graphs
+        rec = export(args.model, args.out, onnx=args.onnx or both, int8=args.int8 or both, task=args.task,
+                     data_dir=args.data, force=args.force, max_dev_examples=args.max_dev_examples,
+                     threads=args.threads)
+        print(export_summary(rec))
+        print(f"wrote {args.out} (transformers files + onnx/; qingbert.load picks the fastest backend)")
+    elif args.verb == "speed":
+        from .speed import SpeedConfig, speed
+
+        try:
+            grid = [[int(x) for x in g.lower().split("x")] for g in args.grid.split(",") if g.strip()]
+        except ValueError:
+            raise QingbertError(f"--grid: expected points like 1x32,32x128, got '{args.grid}'") from None
+        cfg = SpeedConfig(models=args.models or SpeedConfig().models, grid=grid,
+                          backends=[b.strip() for b in args.backends.split(",") if b.strip()],
+                          repeats=args.repeats, threads=args.threads, base=args.base, out=args.out)
+        res = speed(cfg)
+        from .speed import speed_markdown
+
+        print(speed_markdown(res))
+        print(f"wrote {args.out}/speed.json, speed.md" + (", speed.png" if res.get("plot") else ""))
     elif args.verb == "distill":
         _run_distill(args)
     elif args.verb == "bench":
@@ -473,6 +524,56 @@ def _run_distill(args: argparse.Namespace) -> None:
     print(f"wrote {r['student']} (loads with transformers' AutoModelForMaskedLM)")
 
 
+def _run_predict(args) -> None:
+    texts = list(args.text or [])
+    if args.input:
+        from pathlib import Path
+
+        if args.input == "-":
+            texts += [line.rstrip("\n") for line in sys.stdin]
+        else:
+            path = Path(args.input)
+            if not path.is_file():
+                raise QingbertError(f"no such input file '{args.input}'")
+            try:
+                texts += [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8-sig").splitlines()]
+            except UnicodeDecodeError as e:
+                raise QingbertError(f"{args.input}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        texts = [t for t in texts if t.strip()]
+    if args.task is None and not texts:
+        raise QingbertError("nothing to predict: give --task (a task split) or --text / --input")
+    if args.task is not None:
+        from .finetune import format_scores, predict
+
+        r = predict(args.model, _task_from_args(args), args.out, args.data, split=args.split,
+                    batch_size=args.batch_size, backend=args.backend)
+        if "scores" in r:
+            print(f"{r['split']}: {format_scores(r['scores'])}")
+        print(f"wrote {r['file']} ({r['examples']} {r['split']} examples, backend {r['backend']})")
+        return
+    from .inference import PAIR_SEPARATOR, load
+
+    model = load(args.model, backend=args.backend)
+    if model.kind == "mrc":
+        items = []
+        for t in texts:
+            q, sep, c = t.partition(PAIR_SEPARATOR.strip())
+            if not sep:
+                raise QingbertError("an MRC model takes 'question ||| context' lines")
+            items.append({"question": q.strip(), "context": c.strip()})
+    else:
+        items = texts
+    results = model.predict(items, batch_size=args.batch_size)
+    lines = [json.dumps(r, ensure_ascii=False) for r in results]
+    if args.out:
+        from .manifest import atomic_write_text
+
+        atomic_write_text(args.out, "\n".join(lines) + "\n")
+        print(f"wrote {args.out} ({len(lines)} predictions, backend {model.backend})")
+    else:
+        print("\n".join(lines))
+
+
 def _quiet_libraries() -> None:
     """transformers' per-load progress bars and info lines would drown our own output."""
     try:
@@ -486,7 +587,7 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.verb in ("pretrain", "fill-mask", "finetune", "predict", "bench", "distill", "demo"):
+    if args.verb in ("pretrain", "fill-mask", "finetune", "predict", "bench", "distill", "demo", "export", "speed"):
         _quiet_libraries()
     try:
         return run(args)

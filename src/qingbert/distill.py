@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from .errors import QingbertError
 from .losses import FEATURE_OF, Schedule, get_loss, make_projection
 from .manifest import read_manifest, write_manifest
-from .mlm import IGNORE, MaskingConfig, mlm_head
+from .mlm import IGNORE, MaskingConfig, attention_of, mlm_head
 from .train import TrainConfig, Trainer, seed_everything
 
 FORMAT = "qingbert.distilled/1"
@@ -356,16 +356,17 @@ class GeneralDistillObjective(_DistillBase):
 
     def _forward(self, batch):
         ids, am, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        att = attention_of(batch)  # (the document bias of packed texts where the collator made one)
         sel = labels != IGNORE
         s_base, s_head = _base_and_head(self.student)
         kw = dict(output_hidden_states=self.need_hidden, output_attentions=self.need_attention)
-        s_out = s_base(input_ids=ids, attention_mask=am, **kw)
+        s_out = s_base(input_ids=ids, attention_mask=att, **kw)
         s_logits = s_head(s_out.last_hidden_state[sel])
         t_out, t_logits = None, []
         with torch.no_grad():
             for t in self._teachers_on(ids.device):
                 t_base, t_head = _base_and_head(t)
-                out = t_base(input_ids=ids, attention_mask=am, **kw)
+                out = t_base(input_ids=ids, attention_mask=att, **kw)
                 if t_out is None:  # matches read the first teacher's features
                     t_out = out
                 if self.kd_on:
@@ -574,7 +575,7 @@ def _teacher_accuracy(teacher, eval_ds, collate, batches: int = 4, batch_size: i
                 e["index"] = lo + j
             b = collate(ex)
             sel = b["labels"] != IGNORE
-            h = base(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+            h = base(input_ids=b["input_ids"], attention_mask=attention_of(b)).last_hidden_state
             correct += int((head(h[sel]).argmax(-1) == b["labels"][sel]).sum())
             total += int(sel.sum())
     return correct / max(1, total)

@@ -363,22 +363,38 @@ def load_for_task(model: str, head, cfg: FinetuneConfig):
     return net, tokenizer, f"weights from {src}"
 
 
-@torch.no_grad()
-def run_model(model, ds, collate, names, batch_size: int = 64, token_level: bool = False) -> dict:
-    """Forward ``ds`` in batches: per row, each output in ``names`` (token-level ones cut to the row's tokens)."""
-    model.eval()
+def module_forward(model, names) -> "Callable[[dict], dict]":
+    """``inputs (numpy) -> {name: numpy array}`` for a transformers model (on its device, no grad)."""
     device = next(model.parameters()).device
-    out: dict = {n: [] for n in names}
+    model.eval()
+
+    @torch.no_grad()
+    def forward(inputs: dict) -> dict:
+        res = model(**{k: torch.as_tensor(v).to(device) for k, v in inputs.items()})
+        return {n: getattr(res, n).float().cpu().numpy() for n in names}
+
+    return forward
+
+
+def run_model(model, ds, collate, names, batch_size: int = 64, token_level: bool = False) -> dict:
+    """Forward ``ds`` in batches: per row, each output in ``names`` (token-level ones cut to the row's tokens).
+
+    ``model`` is a transformers model or a backend of :mod:`qingbert.inference` (a callable from numpy inputs to
+    numpy outputs).  Rows are batched by length (less padding), and returned in their original order."""
+    forward = module_forward(model, names) if isinstance(model, torch.nn.Module) else model
+    out: dict = {n: [None] * len(ds) for n in names}
+    order = np.argsort([len(x) for x in ds["input_ids"]], kind="stable")
     for lo in range(0, len(ds), batch_size):
-        rows = ds[lo:lo + batch_size]
+        idx = order[lo:lo + batch_size]
+        rows = ds[[int(i) for i in idx]]
         examples = [dict(zip(rows, vals)) for vals in zip(*rows.values())]
         batch = collate(examples)
-        res = model(**{k: v.to(device) for k, v in _model_inputs(batch).items()})
+        res = forward({k: v.numpy() for k, v in _model_inputs(batch).items()})
         mask = batch["attention_mask"].numpy().astype(bool)
         for n in names:
-            x = getattr(res, n).float().cpu().numpy()
-            for i in range(len(examples)):
-                out[n].append(x[i][mask[i]] if token_level else x[i])
+            x = np.asarray(res[n], dtype=np.float32)
+            for j, i in enumerate(idx):
+                out[n][i] = x[j][mask[j]] if token_level else x[j]
     return out
 
 
@@ -480,10 +496,11 @@ def finetune(model: str, task: str, out: str | Path, data_dir: str | None = None
 
 
 def predict(model: str | Path, task: str, out_file: str | Path | None = None, data_dir: str | None = None,
-            split: str = "test", batch_size: int = 64) -> dict:
-    """Predict ``split`` of ``task`` with a fine-tuned folder; write the CLUE / CMRC submission file.
+            split: str = "test", batch_size: int = 64, backend: str | None = None) -> dict:
+    """Predict ``split`` of ``task`` with a fine-tuned (or exported) folder; write the CLUE / CMRC submission file.
 
-    Returns ``{"file", "examples", "scores"}`` (scores only where the split is labelled).
+    ``backend`` (torch, onnx, onnx-int8) defaults to the fastest in the folder (:mod:`qingbert.inference`).
+    Returns ``{"file", "examples", "scores", "backend"}`` (scores only where the split is labelled).
     """
     from .tasks import load_task
     from .vocab import load_tokenizer
@@ -509,16 +526,18 @@ def predict(model: str | Path, task: str, out_file: str | Path | None = None, da
         head.labels = list(m["labels"])
     if hasattr(head, "types"):
         head.types = [lab[2:] for lab in m["labels"] if lab.startswith("B-")]
-    net = _auto(head.auto_class).from_pretrained(str(model))
+    from .inference import open_backend
+
+    runner = open_backend(model, backend)
     tokenizer = load_tokenizer(str(model))
-    if net.config.model_type == "xlnet":
+    if m.get("model_type") == "xlnet":
         tokenizer.padding_side = "left"
     examples = t.splits[split]
-    preds, _ = _predict_split(net, head, tokenizer, examples, cfg)
+    preds, _ = _predict_split(runner, head, tokenizer, examples, cfg)
     suffix = ".json" if t.type == "mrc" else ".jsonl"
     out_file = Path(out_file) if out_file else model / f"{t.name}_predict{suffix}"
     head.write_submission(out_file, examples, preds)
-    res = {"file": str(out_file), "examples": len(examples), "task": t.name, "split": split}
+    res = {"file": str(out_file), "examples": len(examples), "task": t.name, "split": split, "backend": runner.name}
     labelled = all(head.gold(e) not in (None, []) for e in examples) if t.type != "ner" else split != "test"
     if labelled:
         res["scores"] = head.score(examples, preds)

@@ -31,6 +31,9 @@ class MaskingConfig:
     random_ratio: float = 0.1  # random tokens; the rest (0.1) keep the original
     max_ngram: int = 1
     ngram_probs: list = field(default_factory=lambda: [1.0])  # P(n = 1..max_ngram)
+    # packed sequences hold several texts ([CLS] a [SEP] b [SEP] ...): with document_mask a token attends only to
+    # the tokens of its own text, as if each text were alone (the context is coherent, as fine-tuning sees it)
+    document_mask: bool = False
 
     def __post_init__(self):
         if not 0 < self.mlm_probability < 1:
@@ -97,6 +100,27 @@ def mask_example(input_ids: np.ndarray, word_ids: np.ndarray, rng: np.random.Gen
     return ids, labels
 
 
+def document_attention(word_ids: np.ndarray, attention: np.ndarray) -> torch.Tensor:
+    """Additive ``(batch, 1, seq, seq)`` attention bias that keeps each packed text to itself.
+
+    A text runs from its first token through the ``[SEP]`` that closes it (the sequence's ``[CLS]`` belongs to
+    the first text); ``word_ids`` marks special tokens with -1, and a ``[SEP]`` is a special right after a real
+    token.  Padding is masked as well."""
+    special = word_ids < 0
+    closes = special & np.concatenate([np.zeros((len(word_ids), 1), bool), word_ids[:, :-1] >= 0], axis=1)
+    doc = np.concatenate([np.zeros((len(word_ids), 1), np.int64), np.cumsum(closes, axis=1)[:, :-1]], axis=1)
+    keep = (doc[:, :, None] == doc[:, None, :]) & (attention[:, None, :] > 0) & (attention[:, :, None] > 0)
+    # a padded query row keeps itself, so no row is all -inf
+    keep |= np.eye(word_ids.shape[1], dtype=bool)[None]
+    bias = np.where(keep, 0.0, np.finfo(np.float32).min).astype(np.float32)
+    return torch.from_numpy(bias[:, None])
+
+
+def attention_of(batch: dict) -> torch.Tensor:
+    """What to pass as ``attention_mask``: the document bias when the batch has one, else the padding mask."""
+    return batch["document_attention"] if "document_attention" in batch else batch["attention_mask"]
+
+
 class WWMCollator:
     """Pads a list of prepared examples and masks them; examples carry their dataset index."""
 
@@ -119,6 +143,7 @@ class WWMCollator:
         input_ids = np.full((n, length), self.pad_id, dtype=np.int64)
         labels = np.full((n, length), IGNORE, dtype=np.int64)
         attention = np.zeros((n, length), dtype=np.int64)
+        word_ids = np.full((n, length), -1, dtype=np.int64)
         for i, e in enumerate(examples):
             ids = np.asarray(e["input_ids"], dtype=np.int64)
             wid = np.asarray(e["word_ids"], dtype=np.int64)
@@ -126,8 +151,12 @@ class WWMCollator:
             input_ids[i, :len(ids)] = masked
             labels[i, :len(ids)] = lab
             attention[i, :len(ids)] = 1
-        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention),
-                "labels": torch.from_numpy(labels)}
+            word_ids[i, :len(ids)] = wid
+        batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention),
+                 "labels": torch.from_numpy(labels)}
+        if self.cfg.document_mask:
+            batch["document_attention"] = document_attention(word_ids, attention)
+        return batch
 
 
 def mlm_head(model):
@@ -150,11 +179,11 @@ def masked_lm_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
     head = mlm_head(model)
     base = getattr(model, getattr(model, "base_model_prefix", ""), None)
     if head is None or base is None:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
+        out = model(input_ids=batch["input_ids"], attention_mask=attention_of(batch), labels=labels)
         logits, target = out.logits[labels != IGNORE], labels[labels != IGNORE]
         loss = out.loss
     else:
-        hidden = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = base(input_ids=batch["input_ids"], attention_mask=attention_of(batch)).last_hidden_state
         sel = labels != IGNORE
         target = labels[sel]
         logits = head(hidden[sel])

@@ -1,0 +1,373 @@
+"""One inference API for every model folder qingbert writes: ``qingbert.load(DIR)``.
+
+``load`` looks at the folder (a fine-tuned classifier / pair / NER / MRC model, a
+pretrained or distilled encoder, an exported folder with ONNX files, or a plain
+transformers folder) and returns a :class:`Model` with
+
+* ``predict(inputs)``: labels with scores (classification and sentence pairs),
+  entities with character offsets (NER), answers with their start (MRC);
+* ``encode(texts)``: sentence vectors (mean or [CLS] pooling of the last layer).
+
+The work runs on a *backend*: ``torch`` (the transformers model), ``onnx``
+(ONNX Runtime, fused graph, fp32) or ``onnx-int8`` (dynamically quantised).
+By default the fastest one present in the folder is used: the one
+``qingbert export`` measured fastest among those that passed its parity check,
+else int8, then ONNX fp32, then torch.  Preprocessing is the training code's
+own (the heads of :mod:`qingbert.finetune`), so a model predicts exactly what it
+scored on dev.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from .errors import QingbertError
+from .manifest import read_manifest
+
+BACKENDS = ("onnx-int8", "onnx", "torch")
+ONNX_FILES = {"onnx": "onnx/model.onnx", "onnx-int8": "onnx/model.int8.onnx"}
+HIDDEN = "last_hidden_state"
+PAIR_SEPARATOR = " ||| "
+TASK_OUTPUTS = {"classification": ("logits",), "pair": ("logits",), "ner": ("logits",),
+                "mrc": ("start_logits", "end_logits"), "encoder": ()}
+AUTO_CLASS = {"classification": "AutoModelForSequenceClassification", "pair": "AutoModelForSequenceClassification",
+              "ner": "AutoModelForTokenClassification", "mrc": "AutoModelForQuestionAnswering",
+              "encoder": "AutoModel"}
+
+
+# ---------------------------------------------------------------------------
+# what a folder holds
+
+
+def describe(folder: str | Path) -> dict:
+    """``{"kind", "auto_class", "outputs", "labels", "task", "manifest"}`` of a model folder; a clear error when
+    it is not one."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise QingbertError(f"no such model folder '{folder}'")
+    if not (folder / "config.json").exists():
+        from .prepare import FORMAT as DATA_FORMAT
+
+        m = read_manifest(folder)
+        what = "a prepared corpus" if m and m.get("format") == DATA_FORMAT else "not a model folder"
+        raise QingbertError(f"{folder}: {what} (no config.json)",
+                            hint="give a folder written by pretrain, finetune, distill or export")
+    m = read_manifest(folder) or {}
+    kind = m.get("task_type") if m.get("format") == "qingbert.finetuned/1" else None
+    if kind is None:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        arch = " ".join(config.get("architectures") or [])
+        kind = ("classification" if "SequenceClassification" in arch else "ner" if "TokenClassification" in arch
+                else "mrc" if "QuestionAnswering" in arch else "encoder")
+    if kind not in TASK_OUTPUTS:
+        raise QingbertError(f"{folder}: unsupported head '{kind}'", hint="supported: " + ", ".join(TASK_OUTPUTS))
+    return {"kind": kind, "auto_class": AUTO_CLASS[kind], "outputs": TASK_OUTPUTS[kind],
+            "labels": list(m.get("labels") or []), "task": m.get("task"), "manifest": m}
+
+
+def _hf_labels(folder: Path) -> list:
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    id2label = config.get("id2label") or {}
+    return [id2label[k] for k in sorted(id2label, key=int)] if id2label else []
+
+
+# ---------------------------------------------------------------------------
+# backends: numpy inputs -> numpy outputs
+
+
+class TorchBackend:
+    """The transformers model of the folder (``outputs`` of its head, plus the last hidden state)."""
+
+    name = "torch"
+
+    def __init__(self, folder: str | Path, auto_class: str, outputs: tuple, threads: int = 0):
+        import torch
+        import transformers
+
+        if threads:
+            torch.set_num_threads(threads)
+        from .bench import _quiet_load
+
+        self.model = _quiet_load(getattr(transformers, auto_class), folder)
+        self.model.eval()
+        self.outputs = tuple(outputs)
+        self.input_names = ("input_ids", "attention_mask", "token_type_ids")
+
+    def __call__(self, inputs: dict) -> dict:
+        import torch
+
+        feed = {k: torch.as_tensor(np.asarray(v, dtype=np.int64)) for k, v in inputs.items() if k in self.input_names}
+        with torch.inference_mode():
+            res = self.model(**feed, output_hidden_states=True)
+        out = {n: getattr(res, n).float().numpy() for n in self.outputs}
+        out[HIDDEN] = (res.last_hidden_state if getattr(res, "last_hidden_state", None) is not None
+                       else res.hidden_states[-1]).float().numpy()
+        return out
+
+
+def session_options(threads: int = 0):
+    """ONNX Runtime session options used everywhere: all graph optimisations, ``threads`` intra-op threads
+    (0: one per core), sequential execution."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return so
+
+
+class OnnxBackend:
+    """An ONNX Runtime session on an exported graph (CUDA when onnxruntime-gpu has it, else CPU)."""
+
+    def __init__(self, path: str | Path, name: str = "onnx", threads: int = 0):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.exists():
+            raise QingbertError(f"exported model file {path} is missing", hint="re-run `qingbert export`")
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        try:
+            self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise QingbertError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})",
+                                hint="re-run `qingbert export`") from None
+        self.name = name
+        self.input_names = tuple(i.name for i in self.session.get_inputs())
+        self.output_names = tuple(o.name for o in self.session.get_outputs())
+
+    def __call__(self, inputs: dict) -> dict:
+        ids = np.asarray(inputs["input_ids"], dtype=np.int64)
+        feed = {}
+        for k in self.input_names:
+            v = inputs.get(k)
+            feed[k] = np.zeros_like(ids) if v is None else np.asarray(v, dtype=np.int64)
+        return dict(zip(self.output_names, self.session.run(None, feed)))
+
+
+def available_backends(folder: str | Path) -> list[str]:
+    """Backends whose files are in ``folder``, fastest first by the export's measurements where it made them."""
+    folder = Path(folder)
+    m = (read_manifest(folder) or {}).get("export") or {}
+    have = [b for b in BACKENDS if b == "torch" or b in (m.get("backends") or {})]
+    if not m:  # not an export: whatever files are there
+        have = [b for b in BACKENDS if b == "torch" or (folder / ONNX_FILES[b]).exists()]
+    measured = m.get("backends") or {}
+
+    def rank(b):
+        rec = measured.get(b) or {}
+        ok = rec.get("parity", {}).get("passed", True)
+        return (not ok, -(rec.get("seq_per_s") or 0.0), BACKENDS.index(b))
+
+    return sorted(have, key=rank)
+
+
+def open_backend(folder: str | Path, backend: str | None = None, threads: int = 0, info: dict | None = None):
+    folder = Path(folder)
+    info = info or describe(folder)
+    if backend is None:
+        backend = available_backends(folder)[0]
+    if backend not in BACKENDS:
+        raise QingbertError(f"unknown backend '{backend}'", hint="available: " + ", ".join(BACKENDS))
+    if backend == "torch":
+        if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+            raise QingbertError(f"{folder}: no model weights (model.safetensors) for the torch backend")
+        return TorchBackend(folder, info["auto_class"], info["outputs"], threads=threads)
+    return OnnxBackend(folder / ONNX_FILES[backend], backend, threads=threads)
+
+
+# ---------------------------------------------------------------------------
+# the model object
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(-1, keepdims=True)
+
+
+class Model:
+    """A loaded model folder: ``predict`` and ``encode`` on one backend (``self.backend``)."""
+
+    def __init__(self, folder: str | Path, backend: str | None = None, threads: int = 0, max_len: int | None = None):
+        from .finetune import HEADS, FinetuneConfig
+        from .vocab import load_tokenizer
+
+        self.folder = Path(folder)
+        self.info = describe(self.folder)
+        self.kind = self.info["kind"]
+        self.tokenizer = load_tokenizer(str(self.folder))
+        self.runner = open_backend(self.folder, backend, threads, self.info)
+        self.backend = self.runner.name
+        m = self.info["manifest"]
+        cfg = FinetuneConfig.from_dict({k: v for k, v in (m.get("config") or {}).items() if k != "train"})
+        if max_len:
+            cfg.max_len = max_len
+        self.cfg = cfg
+        labels = self.info["labels"] or _hf_labels(self.folder)
+        self.labels = labels
+        self.head = None
+        if self.kind != "encoder":
+            self.head = HEADS[self.kind](SimpleNamespace(labels=[]))
+            if self.kind == "ner":
+                self.head.labels = list(labels)
+                self.head.types = [t[2:] for t in labels if t.startswith("B-")]
+            elif self.kind != "mrc":
+                self.head.labels = list(labels)
+
+    def __repr__(self) -> str:
+        return f"qingbert.Model({str(self.folder)!r}, kind={self.kind!r}, backend={self.backend!r})"
+
+    # -- helpers ---------------------------------------------------------------
+    def _run(self, ds, names, batch_size: int, token_level: bool) -> dict:
+        from .finetune import run_model
+
+        collate = self.head.collator(self.tokenizer) if self.head else _EncoderCollator(self.tokenizer.pad_token_id)
+        return run_model(self.runner, ds, collate, names, batch_size=batch_size, token_level=token_level)
+
+    def _examples(self, inputs: list):
+        from .tasks import QAExample, SpanExample, TextExample
+
+        out = []
+        for i, x in enumerate(inputs):
+            if self.kind == "mrc":
+                if isinstance(x, dict):
+                    q, c = x.get("question"), x.get("context")
+                elif isinstance(x, (tuple, list)) and len(x) == 2:
+                    q, c = x
+                else:
+                    raise QingbertError(f"input {i}: an MRC model takes {{'question', 'context'}} or "
+                                        "(question, context)")
+                if not isinstance(q, str) or not isinstance(c, str) or not c:
+                    raise QingbertError(f"input {i}: question and context must be strings, context non-empty")
+                out.append(QAExample(id=i, context=c, question=q))
+            elif self.kind == "ner":
+                if not isinstance(x, str):
+                    raise QingbertError(f"input {i}: an NER model takes texts (strings)")
+                out.append(SpanExample(id=i, text=x))
+            else:
+                a, b = _pair(x, i) if self.kind == "pair" else (x, None)
+                if not isinstance(a, str):
+                    raise QingbertError(f"input {i}: a {self.kind} model takes texts (strings)")
+                out.append(TextExample(id=i, text=a, text_b=b))
+        return out
+
+    # -- the API ---------------------------------------------------------------
+    def predict(self, inputs, batch_size: int = 64):
+        """Predictions for one input or a list of them.
+
+        * classification: ``str`` -> ``{"label", "score"}``; pair: ``"a ||| b"`` or ``(a, b)``, the same;
+        * NER: ``str`` -> ``{"text", "entities": [{"text", "type", "start", "end" (exclusive), "score"}]}``;
+        * MRC: ``{"question", "context"}`` or ``(question, context)`` -> ``{"answer", "start", "score"}``.
+        """
+        if self.kind == "encoder":
+            raise QingbertError(f"{self.folder} is an encoder without a task head: use encode(), or fine-tune it "
+                                "with `qingbert finetune`")
+        single = isinstance(inputs, (str, dict)) or (self.kind in ("pair", "mrc") and isinstance(inputs, tuple))
+        items = [inputs] if single else list(inputs)
+        if not items:
+            return []
+        examples = self._examples(items)
+        ds, _ = self.head.encode(examples, self.tokenizer, self.cfg, train=False)
+        out = self._run(ds, self.head.outputs, batch_size, self.head.token_level)
+        if self.kind == "mrc":
+            from .mrc import decode_qa
+
+            _, nbest = decode_qa(out["start_logits"], out["end_logits"], ds, examples, n_best=self.cfg.n_best,
+                                 max_answer_len=self.cfg.max_answer_len)
+            res = []
+            for e in examples:
+                best = nbest[e.id][0] if nbest[e.id] else {"text": "", "start": -1, "score": float("-inf")}
+                res.append({"answer": best["text"], "start": best["start"], "score": float(best["score"])})
+        elif self.kind == "ner":
+            res = self._entities(out["logits"], ds, examples)
+        else:
+            res = []
+            for x in out["logits"]:
+                p = _softmax(np.asarray(x, dtype=np.float64))
+                k = int(p.argmax())
+                res.append({"label": self.labels[k], "score": float(p[k])})
+        return res[0] if single else res
+
+    def _entities(self, logits, ds, examples) -> list[dict]:
+        from .ner import _window_spans
+
+        found: list[dict] = [{} for _ in examples]
+        for x, ei, ci in zip(logits, ds["example"], ds["char_index"]):
+            x = np.asarray(x, dtype=np.float64)
+            ci = np.asarray(ci, dtype=np.int64)
+            prob = _softmax(x).max(-1)
+            char_prob = {int(c): float(p) for c, p in zip(ci, prob) if c >= 0}
+            for s, e, t in _window_spans(x.argmax(-1), ci, self.head.labels):
+                score = float(np.mean([char_prob.get(k, 0.0) for k in range(s, e)]))
+                found[ei][(s, e, t)] = max(score, found[ei].get((s, e, t), 0.0))
+        return [{"text": ex.text, "entities": [{"text": ex.text[s:e], "type": t, "start": s, "end": e, "score": sc}
+                                               for (s, e, t), sc in sorted(f.items())]}
+                for ex, f in zip(examples, found)]
+
+    def encode(self, texts, batch_size: int = 32, pooling: str = "mean", normalize: bool = False) -> np.ndarray:
+        """Sentence vectors: a ``str`` gives a 1-D float32 array, a list an ``(n, hidden)`` one.
+
+        ``pooling``: ``mean`` (over real tokens, [CLS]/[SEP] included) or ``cls``."""
+        from .finetune import encode_examples
+        from .tasks import TextExample
+
+        if pooling not in ("mean", "cls"):
+            raise QingbertError(f"unknown pooling '{pooling}'", hint="mean or cls")
+        single = isinstance(texts, str)
+        items = [texts] if single else list(texts)
+        if not items:
+            return np.zeros((0, self._width()), dtype=np.float32)
+        for i, t in enumerate(items):
+            if not isinstance(t, str):
+                raise QingbertError(f"input {i}: encode() takes texts (strings)")
+        examples = [TextExample(id=i, text=t) for i, t in enumerate(items)]
+        ds, _ = encode_examples(examples, self.tokenizer, {}, self.cfg.max_len)
+        ds = ds.remove_columns(["label"])
+        collate = _EncoderCollator(self.tokenizer.pad_token_id)
+        from .finetune import run_model
+
+        out = run_model(self.runner, ds, collate, (HIDDEN,), batch_size=batch_size, token_level=True)[HIDDEN]
+        vecs = np.stack([h.mean(0) if pooling == "mean" else h[0] for h in out]).astype(np.float32)
+        if normalize:
+            vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        return vecs[0] if single else vecs
+
+    def _width(self) -> int:
+        config = json.loads((self.folder / "config.json").read_text(encoding="utf-8"))
+        return int(config.get("hidden_size") or config.get("d_model") or 0)
+
+
+class _EncoderCollator:
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict]) -> dict:
+        from .finetune import pad_rows
+
+        return pad_rows(rows, self.pad_id)
+
+
+def _pair(x, i: int):
+    if isinstance(x, (tuple, list)) and len(x) == 2:
+        return x[0], x[1]
+    if isinstance(x, str) and PAIR_SEPARATOR.strip() in x:
+        a, _, b = x.partition(PAIR_SEPARATOR.strip())
+        return a.strip(), b.strip()
+    raise QingbertError(f"input {i}: a sentence-pair model takes (text_a, text_b) or 'text_a ||| text_b'")
+
+
+def load(folder: str | Path, backend: str | None = None, threads: int = 0, max_len: int | None = None) -> Model:
+    """Open any model folder qingbert wrote (or a plain transformers one) on its fastest backend."""
+    return Model(folder, backend=backend, threads=threads, max_len=max_len)
+
+
+__all__ = ["load", "Model", "describe", "available_backends", "open_backend", "TorchBackend", "OnnxBackend",
+           "BACKENDS", "session_options"]
