@@ -209,7 +209,7 @@ def run_qingbert(args) -> dict:
         "matches": _matches(n_layers, s_w, t_w),
         "batch_size": args.batch, "lr": LR, "max_steps": args.steps, "warmup_ratio": WARMUP_RATIO,
         "weight_decay": WEIGHT_DECAY, "max_grad_norm": MAX_GRAD_NORM, "save_every": 0, "log_every": 10**9,
-        "progress": False, "threads": args.threads, "seed": SEED})
+        "progress": False, "threads": args.threads, "seed": SEED, "teacher_backend": args.teacher_backend})
     train_ds, _, tok, _ = open_data(work / "data")
     collate = _fingerprinting_collator(tok, SEED)
     objective = GeneralDistillObjective(teacher, student, cfg)
@@ -237,6 +237,7 @@ def run_qingbert(args) -> dict:
                torch_threads=torch.get_num_threads(), optimizer=type(opt).__name__ + (
                    " (fused)" if any(g.get("fused") for g in opt.param_groups) else ""),
                trainable_parameters=sum(p.numel() for p in objective.parameters() if p.requires_grad),
+               teacher_backend=objective.teacher_backend_used,
                **_losses_summary(losses))
     return res
 
@@ -350,7 +351,8 @@ def run_child(method: str, args, work: Path, timeout: float) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", method, "--work", str(work),
            "--out", str(out), "--steps", str(args.steps), "--batch", str(args.batch),
            "--seq-len", str(args.seq_len), "--threads", str(args.threads),
-           "--warmup-steps", str(args.warmup_steps), "--textbrewer-optimizer", args.textbrewer_optimizer]
+           "--warmup-steps", str(args.warmup_steps), "--textbrewer-optimizer", args.textbrewer_optimizer,
+           "--teacher-backend", args.teacher_backend]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     try:
         return _common.run_result_child(cmd, env, timeout, tail_lines=6)
@@ -443,6 +445,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads for both (default: all cores)")
     ap.add_argument("--textbrewer-optimizer", choices=("fused", "default"), default="fused",
                     help="TextBrewer side's AdamW: fused (what qingbert uses, default) or torch's default")
+    ap.add_argument("--teacher-backend", choices=("torch", "onnx", "auto"), default="auto",
+                    help="qingbert's frozen teacher: torch, or ONNX Runtime's fused graph (default auto = onnx on CPU)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 4 steps per method (1 warm-up)")
     ap.add_argument("--work", default=None, help="work folder (default: a temporary folder, removed after)")
     ap.add_argument("--results", default=str(RESULTS), help="where distill.json / distill.md go")
@@ -473,7 +477,7 @@ def main(argv=None) -> int:
     report = {"benchmark": "qingbert distill (general) throughput vs TextBrewer GeneralDistiller", **info,
               "seq_len": args.seq_len, "batch": args.batch, "steps": args.steps, "repeats": args.repeats,
               "threads": args.threads, "warmup_steps": args.warmup_steps, "temperature": TEMPERATURE, "lr": LR,
-              "textbrewer_optimizer": args.textbrewer_optimizer,
+              "textbrewer_optimizer": args.textbrewer_optimizer, "teacher_backend": args.teacher_backend,
               "runs": {m: [] for m in METHODS}, "results": {}}
     try:
         t = time.perf_counter()

@@ -430,3 +430,32 @@ def test_two_processes_with_accelerate(small_prepared, teacher_dir, tmp_path):
     assert m["processes"] == 2 and m["steps"] == 8
     assert r.stdout.count("general-distill:") == 1
     assert list_checkpoints(out / "student")
+
+
+def test_teacher_in_onnx_runtime_gives_the_same_losses(small_prepared, teacher_dir, tmp_path):
+    """The frozen teacher's encoder compiled to ONNX Runtime: same KD and match losses as the torch teacher."""
+    batch, vocab = a_batch(small_prepared)
+    teacher = BertForMaskedLM.from_pretrained(str(teacher_dir)).eval()
+    student = bert(vocab, hidden=32, layers=2, seed=1)
+    cfg = {"temperature": 2.0, "matches": "hidden-uniform"}
+    ref = GeneralDistillObjective(teacher, student, DistillConfig.from_dict(cfg)).eval()
+    ort = GeneralDistillObjective(teacher, student, DistillConfig.from_dict({**cfg, "teacher_backend": "onnx"}))
+    ort.projections.load_state_dict(ref.projections.state_dict())
+    ort.eval()
+    with torch.no_grad():
+        l_ref, m_ref = ref(batch)
+        l_ort, m_ort = ort(batch)
+    assert ort.teacher_backend_used == "onnx" and ref.teacher_backend_used == "torch"
+    assert float(l_ort) == pytest.approx(float(l_ref), rel=1e-4)
+    assert float(m_ort["kd_loss"]) == pytest.approx(float(m_ref["kd_loss"]), rel=1e-4)
+    assert float(m_ort["match_loss"]) == pytest.approx(float(m_ref["match_loss"]), rel=1e-4)
+    # attention matches need the attention maps: the onnx teacher is not used for them
+    att = GeneralDistillObjective(teacher, student, DistillConfig.from_dict(
+        {"matches": "attention-uniform", "teacher_backend": "auto"}))
+    att(batch)
+    assert att.teacher_backend_used == "torch"
+    with pytest.raises(QingbertError, match="teacher_backend"):
+        DistillConfig.from_dict({"teacher_backend": "tensorrt"})
+    m = distill_general(str(teacher_dir), "minirbt-h256", small_prepared, tmp_path / "s",
+                        {**FAST, "max_steps": 3, "overrides": STUDENT, "teacher_backend": "auto"})
+    assert m["teacher_backend"] == "onnx" and m["steps"] == 3

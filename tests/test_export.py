@@ -180,3 +180,23 @@ def test_cli_export_predict_and_submission(senti_export, tmp_path):
     r = subprocess.run([sys.executable, "-m", "qingbert", "export", str(tmp_path), "--out", str(tmp_path / "o")],
                        capture_output=True, text=True, env=cli_env(), timeout=300)
     assert r.returncode == 2 and "not a model folder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_mrc_export_answers_like_torch(tiny_model, tmp_path):
+    from .test_finetune import _write_cmrc
+
+    data = _write_cmrc(tmp_path / "cmrc")
+    ft = tmp_path / "ft"
+    finetune(str(tiny_model), "cmrc2018", ft, data_dir=str(data), max_len=64,
+             config={"max_steps": 60, "batch_size": 16, "lr": 3e-3, "save_every": 0, "progress": False})
+    rec = export(ft, tmp_path / "exp", data_dir=str(data), speed_batch=2, speed_seq=16)
+    p = rec["backends"]["onnx"]["parity"]
+    assert p["passed"] and p["dev_task"] == "cmrc2018" and p["dev_score"] == pytest.approx(p["dev_score_torch"])
+    q = [{"question": "张三住在哪里？", "context": "今天天气很好。张三住在上海，每天坐地铁上班。"},
+         ("李四住在哪里？", "我们一起去公园。李四住在北京，每天坐地铁上班。")]
+    ref = qingbert.load(tmp_path / "exp", backend="torch").predict(q)
+    got = qingbert.load(tmp_path / "exp", backend="onnx").predict(q)
+    assert [r["answer"] for r in got] == [r["answer"] for r in ref]
+    for r, item in zip(got, q):
+        ctx = item["context"] if isinstance(item, dict) else item[1]
+        assert r["start"] < 0 or ctx[r["start"]:r["start"] + len(r["answer"])] == r["answer"]

@@ -46,6 +46,7 @@ from .train import TrainConfig, Trainer, seed_everything
 
 FORMAT = "qingbert.distilled/1"
 KD_LOSSES = ("kd_ce", "kd_mse")
+TEACHER_BACKENDS = ("torch", "onnx", "auto")
 
 
 @dataclass
@@ -64,6 +65,9 @@ class DistillConfig:
     cache_teacher: bool = True  # task stage: reuse teacher logits across epochs (when no matches need features)
     teacher_weights: list | None = None  # multi-teacher: weights of the teachers' soft targets
     overrides: dict = field(default_factory=dict)  # config overrides for zoo-shape students
+    # general stage: the frozen teacher's encoder in "torch", or in ONNX Runtime's fused graph ("onnx"; CPU, no
+    # attention matches, no document mask); "auto" = onnx where it applies
+    teacher_backend: str = "torch"
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "DistillConfig":
@@ -89,6 +93,9 @@ class DistillConfig:
             else:
                 raise QingbertError(f"unknown distillation option '{k}'", hint="known: " + known)
         cfg.masking.__post_init__()
+        if cfg.teacher_backend not in TEACHER_BACKENDS:
+            raise QingbertError(f"unknown teacher_backend '{cfg.teacher_backend}'",
+                                hint="available: " + ", ".join(TEACHER_BACKENDS))
         if cfg.kd_loss not in KD_LOSSES:
             raise QingbertError(f"unknown kd_loss '{cfg.kd_loss}'", hint="available: " + ", ".join(KD_LOSSES))
         for name in ("temperature", "kd_weight", "hard_weight"):
@@ -279,6 +286,9 @@ class _DistillBase(torch.nn.Module):
         if self.need_attention:
             for mdl in [student, *self._teachers]:
                 _use_eager_attention(mdl)
+        self._onnx: list = [None] * len(self._teachers)  # teachers' encoders in ONNX Runtime, built on first use
+        self.teacher_backend_used = "torch"
+        self._teacher_backend = cfg.teacher_backend
 
     def _widths(self, m: dict) -> tuple[int, int]:
         if m["feature"] != "hidden":
@@ -302,6 +312,32 @@ class _DistillBase(torch.nn.Module):
             if next(t.parameters()).device != device:
                 t.to(device)
         return self._teachers
+
+    def _teacher_encoder(self, i: int, base, ids, att):
+        """Teacher ``i``'s encoder for this batch: the torch module, or its ONNX Runtime graph where the config
+        asks for it and it applies (checked against torch on the first batch)."""
+        backend = self._teacher_backend
+        if backend == "torch" or att.dim() != 2 or self.need_attention or ids.device.type != "cpu":
+            return base
+        if self._onnx[i] is None:
+            try:
+                from .export import OnnxEncoder
+
+                enc = OnnxEncoder(base, hidden_states=self.need_hidden)
+                with torch.no_grad():
+                    ref = base(input_ids=ids, attention_mask=att).last_hidden_state
+                diff = float((enc(ids, att).last_hidden_state - ref).abs().max())
+                if diff > 1e-3:
+                    raise QingbertError(f"its outputs differ from torch's by {diff:.3g}")
+            except (QingbertError, ImportError, RuntimeError) as e:
+                if backend == "onnx":
+                    raise QingbertError(f"cannot run the teacher in ONNX Runtime: {e}",
+                                        hint="use teacher_backend torch") from None
+                self._teacher_backend = "torch"  # auto: fall back for good
+                return base
+            self._onnx[i] = enc
+            self.teacher_backend_used = "onnx"
+        return self._onnx[i]
 
     def _kd(self, s_logits, t_logits, mask=None) -> torch.Tensor:
         T = self.temperature(self.progress)
@@ -364,9 +400,9 @@ class GeneralDistillObjective(_DistillBase):
         s_logits = s_head(s_out.last_hidden_state[sel])
         t_out, t_logits = None, []
         with torch.no_grad():
-            for t in self._teachers_on(ids.device):
+            for i, t in enumerate(self._teachers_on(ids.device)):
                 t_base, t_head = _base_and_head(t)
-                out = t_base(input_ids=ids, attention_mask=att, **kw)
+                out = self._teacher_encoder(i, t_base, ids, att)(input_ids=ids, attention_mask=att, **kw)
                 if t_out is None:  # matches read the first teacher's features
                     t_out = out
                 if self.kd_on:
@@ -696,6 +732,7 @@ def distill_general(teacher: str | list, student: str, data: str | Path, out: st
             "steps": trainer.state["step"], "tokens_seen": trainer.state["tokens_seen"],
             "processes": trainer.world, "eval_before": before,
             "eval_after": {k: v for k, v in (after or {}).items() if k != "split"} or None,
+            "teacher_backend": trainer.unwrapped_objective().teacher_backend_used,
             "elapsed_s": round(time.time() - t0, 2),
         }
         write_manifest(out, manifest)

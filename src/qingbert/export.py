@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import QingbertError
-from .inference import HIDDEN, ONNX_FILES, OnnxBackend, TorchBackend, describe
+from .inference import HIDDEN, ONNX_FILES, describe
 from .manifest import read_manifest, write_manifest
 
 FP32_TOLERANCE = 1e-3  # max abs difference of any output, fp32 graph vs torch
@@ -73,17 +73,43 @@ def _wrapper(model, outputs: tuple):
     return Wrapped().eval()
 
 
-def export_onnx(folder: Path, path: Path, auto_class: str, outputs: tuple, opset: int = 17) -> dict:
-    """Export ``folder``'s model (eager attention) to ``path`` with dynamic batch and sequence axes."""
+def trace_inputs(vocab_size: int):
+    """Example inputs for tracing: two rows, the second padded, so the attention-mask path is in the graph."""
+    import torch
+
+    ids = torch.full((2, 16), min(100, vocab_size - 1), dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[1, 10:] = 0
+    return ids, mask, torch.zeros_like(ids)
+
+
+def export_module(module, path: Path, output_names: list[str], example: tuple, per_token: set | None = None,
+                  opset: int = 17) -> float:
+    """TorchScript-export ``module(input_ids, attention_mask, token_type_ids) -> tuple`` with dynamic batch and
+    sequence axes (``per_token``: the outputs that have a sequence axis; default all); returns the seconds."""
     import warnings
 
     import torch
-    import transformers
 
+    inputs = ["input_ids", "attention_mask", "token_type_ids"]
+    per_token = set(output_names) if per_token is None else per_token
+    axes = {k: {0: "batch", 1: "sequence"} for k in inputs + [n for n in output_names if n in per_token]}
+    axes.update({n: {0: "batch"} for n in output_names if n not in per_token})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, example, str(path), input_names=inputs, output_names=output_names,
+                          dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
+    return time.time() - t0
+
+
+def export_onnx(folder: Path, path: Path, auto_class: str, outputs: tuple, opset: int = 17) -> dict:
+    """Export ``folder``'s model (eager attention) to ``path``: its head ``outputs`` and the last hidden state."""
+    import transformers
     from transformers.utils import logging as tlog
 
     cls = getattr(transformers, auto_class)
-
     verbosity = tlog.get_verbosity()
     tlog.set_verbosity_error()
     try:
@@ -91,30 +117,15 @@ def export_onnx(folder: Path, path: Path, auto_class: str, outputs: tuple, opset
     finally:
         tlog.set_verbosity(verbosity)
     model.eval()
-    wrapped = _wrapper(model, outputs)
-    # trace with a padded row so the attention-mask path is in the graph
-    ids = torch.full((2, 16), 100, dtype=torch.long).clamp(max=model.config.vocab_size - 1)
-    mask = torch.ones_like(ids)
-    mask[1, 10:] = 0
-    types = torch.zeros_like(ids)
     names = list(outputs) + [HIDDEN]
-    axes = {k: {0: "batch", 1: "sequence"} for k in ["input_ids", "attention_mask", "token_type_ids"] + names
-            if not (k == "logits" and auto_class == "AutoModelForSequenceClassification")}
-    if auto_class == "AutoModelForSequenceClassification":
-        axes["logits"] = {0: "batch"}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(wrapped, (ids, mask, types), str(path), input_names=["input_ids", "attention_mask",
-                                                                                  "token_type_ids"],
-                              output_names=names, dynamic_axes=axes, opset_version=opset, dynamo=False,
-                              do_constant_folding=True)
-        except Exception as e:  # noqa: BLE001 - the exporter raises many kinds of errors
-            raise ExportError(f"{folder}: ONNX export failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
-                              hint="export supports BERT-family encoders and the finetune heads") from None
-    return {"seconds": round(time.time() - t0, 2), "opset": opset, "exporter": "torchscript",
+    per_token = set(names) - ({"logits"} if auto_class == "AutoModelForSequenceClassification" else set())
+    try:
+        seconds = export_module(_wrapper(model, outputs), path, names, trace_inputs(model.config.vocab_size),
+                                per_token, opset)
+    except Exception as e:  # noqa: BLE001 - the exporter raises many kinds of errors
+        raise ExportError(f"{folder}: ONNX export failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                          hint="export supports BERT-family encoders and the finetune heads") from None
+    return {"seconds": round(seconds, 2), "opset": opset, "exporter": "torchscript",
             "attention": "eager", "model_type": model.config.model_type,
             "num_heads": model.config.num_attention_heads, "hidden_size": model.config.hidden_size}
 
@@ -149,6 +160,79 @@ def quantize_int8(path: Path, out: Path) -> dict:
     quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, per_channel=True,
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return {"seconds": round(time.time() - t0, 2), "mode": "dynamic", "weights": "int8 per channel"}
+
+
+class OnnxEncoder:
+    """A frozen transformers encoder (e.g. a distillation teacher's base model) compiled to a fused ONNX Runtime
+    graph; called like the encoder, it returns ``last_hidden_state`` and, if built with ``hidden_states``, the
+    hidden states of every layer (embeddings first), as torch tensors.
+
+    Only for a frozen model on the CPU with a 2-D padding mask (no attention outputs, no 4-D masks)."""
+
+    def __init__(self, encoder, hidden_states: bool = True, threads: int = 0):
+        import tempfile
+
+        import torch
+
+        from .inference import OnnxBackend
+
+        cfg = encoder.config
+        if getattr(cfg, "_attn_implementation", "eager") != "eager":
+            encoder = _eager_copy(encoder)
+        layers = cfg.num_hidden_layers
+        self.names = ([f"hidden_{i}" for i in range(layers + 1)] if hidden_states else []) + [HIDDEN]
+        self.hidden_states = hidden_states
+        self._dir = Path(tempfile.mkdtemp(prefix="qingbert-onnx-encoder-"))
+        raw, fused = self._dir / "raw.onnx", self._dir / "model.onnx"
+
+        class Wrapped(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.encoder = encoder
+
+            def forward(self, input_ids, attention_mask, token_type_ids):
+                res = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                                   output_hidden_states=hidden_states)
+                return (tuple(res.hidden_states) if hidden_states else ()) + (res.last_hidden_state,)
+
+        was_training = encoder.training
+        encoder.eval()
+        export_module(Wrapped().eval(), raw, self.names, trace_inputs(cfg.vocab_size))
+        encoder.train(was_training)
+        self.fused = optimize_onnx(raw, fused, cfg.model_type, cfg.num_attention_heads, cfg.hidden_size)
+        raw.unlink()
+        self.runner = OnnxBackend(fused, "onnx", threads=threads)
+
+    def __call__(self, input_ids, attention_mask, output_hidden_states: bool = False,
+                 output_attentions: bool = False, **_):
+        from types import SimpleNamespace
+
+        import torch
+
+        if output_attentions or attention_mask.dim() != 2:
+            raise QingbertError("OnnxEncoder returns no attentions and takes a 2-D padding mask only")
+        ids = input_ids.cpu().numpy()
+        out = self.runner({"input_ids": ids, "attention_mask": attention_mask.cpu().numpy(),
+                           "token_type_ids": np.zeros_like(ids)})
+        res = SimpleNamespace(last_hidden_state=torch.from_numpy(out[HIDDEN]), hidden_states=None)
+        if output_hidden_states:
+            res.hidden_states = tuple(torch.from_numpy(out[n]) for n in self.names[:-1])
+        return res
+
+    def close(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __del__(self):  # pragma: no cover - best effort
+        self.close()
+
+
+def _eager_copy(encoder):
+    """The same weights with eager attention (ONNX Runtime fuses only that pattern)."""
+    import copy
+
+    clone = copy.deepcopy(encoder)
+    clone.set_attn_implementation("eager")
+    return clone
 
 
 # ---------------------------------------------------------------------------
@@ -254,18 +338,10 @@ def check_parity(folder: str | Path, backends=("onnx", "onnx-int8"), task=None, 
 
 def measure_backend(runner, tokenizer, batch: int = 32, seq: int = 128, repeats: int = 3, warmup: int = 1) -> dict:
     """Sequences/s of a backend on a ``batch x seq`` block of token ids (median of ``repeats``)."""
-    rng = np.random.default_rng(0)
-    vocab = len(tokenizer)
-    ids = rng.integers(1000 if vocab > 2000 else 5, vocab, size=(batch, seq)).astype(np.int64)
-    ids[:, 0] = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else ids[:, 0]
-    inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-    for _ in range(warmup):
-        runner(inputs)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        runner(inputs)
-        times.append(time.perf_counter() - t0)
+    from .speed import random_inputs, time_runner
+
+    cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else 2
+    times = time_runner(runner, random_inputs(len(tokenizer), batch, seq, cls_id), repeats, warmup)
     med = float(np.median(times))
     return {"seq_per_s": round(batch / med, 2), "batch": batch, "seq": seq, "median_s": round(med, 5),
             "repeats": repeats}

@@ -75,7 +75,8 @@ def _params(folder: Path) -> dict:
     return {"params": total, "params_no_embeddings": total - emb}
 
 
-def _inputs(vocab: int, batch: int, seq: int, cls_id: int = 2) -> dict:
+def random_inputs(vocab: int, batch: int, seq: int, cls_id: int = 2) -> dict:
+    """A ``batch x seq`` block of random token ids (no padding) starting with ``[CLS]``."""
     rng = np.random.default_rng(0)
     ids = rng.integers(5, vocab, size=(batch, seq)).astype(np.int64)
     ids[:, 0] = cls_id
@@ -83,6 +84,7 @@ def _inputs(vocab: int, batch: int, seq: int, cls_id: int = 2) -> dict:
 
 
 def time_runner(runner, inputs: dict, repeats: int, warmup: int) -> list[float]:
+    """Seconds of each of ``repeats`` timed calls after ``warmup`` untimed ones."""
     for _ in range(warmup):
         runner(inputs)
     times = []
@@ -125,11 +127,11 @@ def measure_model(folder: Path, cfg: SpeedConfig, label: str, progress=print) ->
             res = {}
             for batch, seq in cfg.grid:
                 seq = min(seq, int(config.get("max_position_embeddings", seq)))
-                times = time_runner(runner, _inputs(vocab, batch, seq), cfg.repeats, cfg.warmup)
+                times = time_runner(runner, random_inputs(vocab, batch, seq), cfg.repeats, cfg.warmup)
                 med = float(np.median(times))
                 res[f"{batch}x{seq}"] = {"batch": batch, "seq": seq, "median_s": med, "seq_per_s": batch / med,
                                          "times": [round(t, 5) for t in times]}
-            lat = time_runner(runner, _inputs(vocab, 1, cfg.latency_seq), cfg.latency_runs, cfg.warmup)
+            lat = time_runner(runner, random_inputs(vocab, 1, cfg.latency_seq), cfg.latency_runs, cfg.warmup)
             rec["latency_ms"][b] = {"p50": 1000 * float(np.percentile(lat, 50)),
                                     "p99": 1000 * float(np.percentile(lat, 99)), "seq": cfg.latency_seq,
                                     "runs": cfg.latency_runs}
@@ -163,17 +165,20 @@ def speed(config: SpeedConfig | dict | None = None, progress=print) -> dict:
     models = list(cfg.models)
     if cfg.base and cfg.base not in models:
         models = [cfg.base] + models
+    from . import zoo
+    from .inference import describe
+
+    resolved = []  # every name checked before anything is measured
+    for name in models:
+        if Path(name).is_dir():
+            describe(name)
+            resolved.append((name, Path(name).name))
+        else:
+            resolved.append((name, zoo.get_spec(name).name))
     records = []
     try:
-        for name in models:
-            folder = Path(name)
-            if folder.is_dir():
-                label = folder.name
-            else:
-                from . import zoo
-
-                label = zoo.get_spec(name).name
-                folder = _zoo_folder(name, work)
+        for name, label in resolved:
+            folder = Path(name) if Path(name).is_dir() else _zoo_folder(name, work)
             progress(f"{label}:")
             records.append(measure_model(folder, cfg, label, progress))
             shutil.rmtree(work / label, ignore_errors=True)
