@@ -24,3 +24,4 @@ bench: $(VENV)/.installed
 	$(PY) -m pip install --quiet textbrewer==0.2.1.post1
 	$(PY) benchmarks/distill.py
 	$(PY) benchmarks/distill_quality.py
+	$(PY) benchmarks/speed.py
