@@ -86,8 +86,9 @@ VOCAB = 21128  # the real vocabulary size of the HFL Chinese checkpoints
 SOURCES = ["builtin:peoples-daily"]  # a slice of the built-in texts is plenty for a few dozen batches
 TEACHER, STUDENT = "rbt6", "minirbt-h256"
 SHAPE_NAMES = {TEACHER: "RBT6 (6 x 768, FFN 3072, 12 heads)", STUDENT: "MiniRBT-H256 (6 x 256, FFN 1024, 8 heads)"}
-METHODS = ("qingbert", "textbrewer")
+METHODS = ("qingbert", "qingbert-int8", "textbrewer")
 LABELS = {"qingbert": "qingbert distill (GeneralDistillObjective + Trainer)",
+          "qingbert-int8": "qingbert distill, int8 teacher (`--teacher-backend onnx-int8`)",
           "textbrewer": "TextBrewer 0.2.1 GeneralDistiller"}
 TEMPERATURE = 8.0
 LR = 1e-4
@@ -192,7 +193,7 @@ def run_setup(args) -> dict:
     return out
 
 
-def run_qingbert(args) -> dict:
+def run_qingbert(args, teacher_backend: str | None = None) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
@@ -209,7 +210,8 @@ def run_qingbert(args) -> dict:
         "matches": _matches(n_layers, s_w, t_w),
         "batch_size": args.batch, "lr": LR, "max_steps": args.steps, "warmup_ratio": WARMUP_RATIO,
         "weight_decay": WEIGHT_DECAY, "max_grad_norm": MAX_GRAD_NORM, "save_every": 0, "log_every": 10**9,
-        "progress": False, "threads": args.threads, "seed": SEED, "teacher_backend": args.teacher_backend})
+        "progress": False, "threads": args.threads, "seed": SEED,
+        "teacher_backend": teacher_backend or args.teacher_backend})
     train_ds, _, tok, _ = open_data(work / "data")
     collate = _fingerprinting_collator(tok, SEED)
     objective = GeneralDistillObjective(teacher, student, cfg)
@@ -238,6 +240,7 @@ def run_qingbert(args) -> dict:
                    " (fused)" if any(g.get("fused") for g in opt.param_groups) else ""),
                trainable_parameters=sum(p.numel() for p in objective.parameters() if p.requires_grad),
                teacher_backend=objective.teacher_backend_used,
+               teacher_backend_check=objective.teacher_backend_check or None,
                **_losses_summary(losses))
     return res
 
@@ -340,7 +343,8 @@ def run_textbrewer(args) -> dict:
 
 
 def child(args) -> None:
-    fn = {"setup": run_setup, "qingbert": run_qingbert, "textbrewer": run_textbrewer}[args.child]
+    fn = {"setup": run_setup, "qingbert": run_qingbert, "textbrewer": run_textbrewer,
+          "qingbert-int8": lambda a: run_qingbert(a, teacher_backend="onnx-int8")}[args.child]
     res = fn(args)
     res["peak_rss_mib"] = _common.peak_rss_mib()[0]
     print("RESULT " + json.dumps(res), flush=True)
@@ -389,16 +393,15 @@ def markdown(report: dict) -> str:
          "CPU use | peak RSS MiB | qingbert / TextBrewer |"),
         "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
-    for m in METHODS:
+    for m in [m for m in METHODS if m in report["runs"]]:
         r = res.get(m, {})
         if "skipped" in r or not r:
             lines.append(f"| {LABELS[m]} | – | – | – | – | – | – | – | – | skipped: {r.get('skipped', 'not run')} |")
             continue
         ratio = ""
-        if m == "qingbert" and report.get("ratio"):
-            ratio = f"**{report['ratio']:.2f}×**"
-            if report.get("ratio_median_step"):
-                ratio += f" ({report['ratio_median_step']:.2f}× by median step)"
+        rr = (report.get("ratios") or {}).get(m)
+        if rr:
+            ratio = f"**{rr['steps_per_s']:.2f}×** ({rr['median_step']:.2f}× by median step)"
         runs = report["runs"].get(m, [r])
         every = ", ".join(_fmt(x.get("steps_per_s")) for x in runs)
         lines.append(f"| {LABELS[m]} | {r['steps']} ({r['steps_timed']}) | {len(runs)} | "
@@ -424,8 +427,18 @@ def markdown(report: dict) -> str:
         lines += ["", "First-step losses (total / KD / hidden MSE; projections are initialised differently and "
                   "dropout draws differ): qingbert " + " / ".join(f"{v:.3f}" for v in q["first_step_loss"].values())
                   + ", TextBrewer " + " / ".join(f"{v:.3f}" for v in tb["first_step_loss"].values()) + "."]
+    qi = res.get("qingbert-int8", {})
+    if qi.get("first_step_loss") and q.get("first_step_loss"):
+        chk = qi.get("teacher_backend_check") or {}
+        lines += ["", (f"The int8 teacher (`{qi.get('teacher_backend')}`): its last hidden state is "
+                   f"{100 * chk.get('relative_error', float('nan')):.2f} % off the fp32 teacher's (relative "
+                   "Frobenius error on the first batch; refused above 5 %); first-step losses with the same "
+                   "student, projections and dropout draws as the qingbert row: "
+                   + " / ".join(f"{v:.3f}" for v in qi["first_step_loss"].values()) + " (fp32 teacher: "
+                   + " / ".join(f"{v:.3f}" for v in q["first_step_loss"].values()) + "). The qingbert row's "
+                   f"teacher ran in `{q.get('teacher_backend')}`.")]
     if report.get("cpu_use_gap", 0) > 0.1:
-        lines += ["", (f"**Warning**: the two sides got different shares of the CPU (CPU use differs by "
+        lines += ["", (f"**Warning**: the methods got different shares of the CPU (CPU use differs by "
                    f"{100 * report['cpu_use_gap']:.0f} %): other load on the machine disturbed a run, so the "
                    "ratio is not reliable.")]
     lines += ["", "Goals: " + "; ".join(f"{g['goal']}: **{g['status']}** ({g['measured']})"
@@ -447,6 +460,7 @@ def main(argv=None) -> int:
                     help="TextBrewer side's AdamW: fused (what qingbert uses, default) or torch's default")
     ap.add_argument("--teacher-backend", choices=("torch", "onnx", "auto"), default="auto",
                     help="qingbert's frozen teacher: torch, or ONNX Runtime's fused graph (default auto = onnx on CPU)")
+    ap.add_argument("--no-int8", action="store_true", help="leave out the int8-teacher row")
     ap.add_argument("--quick", action="store_true", help="smoke run: 4 steps per method (1 warm-up)")
     ap.add_argument("--work", default=None, help="work folder (default: a temporary folder, removed after)")
     ap.add_argument("--results", default=str(RESULTS), help="where distill.json / distill.md go")
@@ -459,6 +473,7 @@ def main(argv=None) -> int:
         child(args)
         return 0
 
+    methods = tuple(m for m in METHODS if not (args.no_int8 and m == "qingbert-int8"))
     if args.quick:
         args.steps, args.repeats, args.warmup_steps = min(args.steps, 4), 1, 1
     if args.steps <= args.warmup_steps:
@@ -478,7 +493,7 @@ def main(argv=None) -> int:
               "seq_len": args.seq_len, "batch": args.batch, "steps": args.steps, "repeats": args.repeats,
               "threads": args.threads, "warmup_steps": args.warmup_steps, "temperature": TEMPERATURE, "lr": LR,
               "textbrewer_optimizer": args.textbrewer_optimizer, "teacher_backend": args.teacher_backend,
-              "runs": {m: [] for m in METHODS}, "results": {}}
+              "runs": {m: [] for m in methods}, "results": {}}
     try:
         t = time.perf_counter()
         setup = run_child("setup", args, work, timeout=args.timeout)
@@ -490,7 +505,7 @@ def main(argv=None) -> int:
               f"{setup['models']['teacher']['parameters']:,} parameters, student "
               f"{setup['models']['student']['parameters']:,}", flush=True)
         # A B B A ...: a slow drift in the machine's load hits both methods alike
-        order = [METHODS if i % 2 == 0 else METHODS[::-1] for i in range(args.repeats)]
+        order = [methods if i % 2 == 0 else methods[::-1] for i in range(args.repeats)]
         for i, ms in enumerate(order):
             for m in ms:
                 print(f"running {m} ({args.steps} steps x batch {args.batch}"
@@ -508,37 +523,49 @@ def main(argv=None) -> int:
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
-    for m in METHODS:  # the best run: the one least disturbed by other load on the machine
+    for m in methods:  # the best run: the one least disturbed by other load on the machine
         ok = [r for r in report["runs"][m] if r.get("steps_per_s")]
         report["results"][m] = max(ok, key=lambda r: r["steps_per_s"]) if ok else report["runs"][m][0]
-    q, tb = report["results"]["qingbert"], report["results"]["textbrewer"]
-    ratio = None
-    if q.get("steps_per_s") and tb.get("steps_per_s"):
-        ratio = report["ratio"] = round(q["steps_per_s"] / tb["steps_per_s"], 3)
-        report["ratio_median_step"] = round(tb["median_s_per_step"] / q["median_s_per_step"], 3)
-        report["same_batches"] = q["batches"] == tb["batches"]
-        cq, ct = q.get("cpu_per_thread"), tb.get("cpu_per_thread")
-        if cq and ct:
-            # both loops keep the cores busy about equally when alone on the machine; a gap means other load
-            report["cpu_use_gap"] = round(abs(cq - ct) / max(cq, ct), 3)
-            if report["cpu_use_gap"] > 0.1:
-                print(f"WARNING: the two sides got different shares of the CPU ({cq:.2f} vs {ct:.2f} CPU s per "
-                      "thread per s): other load on the machine disturbed a run; the ratio is not reliable, run "
-                      "again on a quiet machine (or with --repeats 2)", flush=True)
-        if not report["same_batches"]:
-            print("WARNING: the two sides saw different batches (real tokens, masked tokens, id sum per batch)",
-                  flush=True)
+    tb = report["results"]["textbrewer"]
+    report["ratios"] = {}
+    for m in methods:
+        q = report["results"][m]
+        if m == "textbrewer" or not (q.get("steps_per_s") and tb.get("steps_per_s")):
+            continue
+        report["ratios"][m] = {"steps_per_s": round(q["steps_per_s"] / tb["steps_per_s"], 3),
+                               "median_step": round(tb["median_s_per_step"] / q["median_s_per_step"], 3)}
+        if q["batches"] != tb["batches"]:
+            report["different_batches"] = sorted(set(report.get("different_batches", [])) | {m})
+            print(f"WARNING: {m} and textbrewer saw different batches (real tokens, masked tokens, id sum per "
+                  "batch)", flush=True)
+    report["same_batches"] = bool(report["ratios"]) and not report.get("different_batches")
+    ratio = (report["ratios"].get("qingbert") or {}).get("steps_per_s")
+    if ratio:
+        report["ratio"] = ratio
+        report["ratio_median_step"] = report["ratios"]["qingbert"]["median_step"]
+    cpus = [report["results"][m].get("cpu_per_thread") for m in methods]
+    if all(cpus):
+        # every loop keeps the cores busy about equally when alone on the machine; a gap means other load
+        report["cpu_use_gap"] = round((max(cpus) - min(cpus)) / max(cpus), 3)
+        if report["cpu_use_gap"] > 0.1:
+            print(f"WARNING: the methods got different shares of the CPU ({', '.join(f'{c:.2f}' for c in cpus)} "
+                  "CPU s per thread per s): other load on the machine disturbed a run; the ratio is not reliable, "
+                  "run again on a quiet machine (or with --repeats 2)", flush=True)
     report["total_wall_s"] = round(time.perf_counter() - t_all, 1)
     try:
         report["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         pass
-    report["goals"] = [{"goal": f"qingbert >= {GOAL_RATIO:g}x TextBrewer GeneralDistiller steps/s "
-                                f"(RBT6 -> MiniRBT-H256, batch {args.batch} x {args.seq_len})",
-                        "status": "n/a" if ratio is None else "PASS" if ratio >= GOAL_RATIO else "MISS",
-                        "measured": "not run" if ratio is None else f"{ratio:.2f}x" + (
-                            "; runs disturbed by other load, not reliable"
-                            if report.get("cpu_use_gap", 0) > 0.1 else "")}]
+    disturbed = "; runs disturbed by other load, not reliable" if report.get("cpu_use_gap", 0) > 0.1 else ""
+    report["goals"] = []
+    for m in [m for m in methods if m != "textbrewer"]:
+        r = (report["ratios"].get(m) or {}).get("steps_per_s")
+        what = "" if m == "qingbert" else " with the int8 teacher"
+        report["goals"].append({
+            "goal": f"qingbert{what} >= {GOAL_RATIO:g}x TextBrewer GeneralDistiller steps/s "
+                    f"(RBT6 -> MiniRBT-H256, batch {args.batch} x {args.seq_len})",
+            "status": "n/a" if r is None else "PASS" if r >= GOAL_RATIO else "MISS",
+            "measured": "not run" if r is None else f"{r:.2f}x{disturbed}"})
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     (out / "distill.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

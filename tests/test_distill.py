@@ -459,3 +459,30 @@ def test_teacher_in_onnx_runtime_gives_the_same_losses(small_prepared, teacher_d
     m = distill_general(str(teacher_dir), "minirbt-h256", small_prepared, tmp_path / "s",
                         {**FAST, "max_steps": 3, "overrides": STUDENT, "teacher_backend": "auto"})
     assert m["teacher_backend"] == "onnx" and m["steps"] == 3
+    assert m["teacher_backend_check"]["max_abs_diff"] <= 1e-3
+
+
+def test_int8_teacher_is_checked_against_torch(small_prepared, teacher_dir, monkeypatch):
+    """onnx-int8: a quantised teacher, close to torch's but not equal; past the tolerance it is refused."""
+    import qingbert.distill as distill_mod
+
+    batch, vocab = a_batch(small_prepared)
+    teacher = BertForMaskedLM.from_pretrained(str(teacher_dir)).eval()
+    student = bert(vocab, hidden=32, layers=2, seed=1)
+    cfg = {"temperature": 2.0, "matches": "hidden-uniform"}
+    ref = GeneralDistillObjective(teacher, student, DistillConfig.from_dict(cfg)).eval()
+    q = GeneralDistillObjective(teacher, student, DistillConfig.from_dict({**cfg, "teacher_backend": "onnx-int8"}))
+    q.projections.load_state_dict(ref.projections.state_dict())
+    q.eval()
+    with torch.no_grad():
+        _, m_ref = ref(batch)
+        _, m_q = q(batch)
+    assert q.teacher_backend_used == "onnx-int8"
+    err = q.teacher_backend_check["relative_error"]
+    assert 0 < err <= distill_mod.INT8_TEACHER_MAX_RELATIVE_ERROR  # quantised: not bit-equal, but close
+    assert float(m_q["kd_loss"]) == pytest.approx(float(m_ref["kd_loss"]), rel=0.1)
+    monkeypatch.setattr(distill_mod, "INT8_TEACHER_MAX_RELATIVE_ERROR", 0.0)
+    strict = GeneralDistillObjective(teacher, student,
+                                     DistillConfig.from_dict({**cfg, "teacher_backend": "onnx-int8"}))
+    with pytest.raises(QingbertError, match="int8 hidden states"):
+        strict(batch)

@@ -73,7 +73,10 @@ DISTILL_FLAGS = (("temperature", float, "KD temperature (default 1; a schedule i
                  ("kd-weight", float, "weight of the logits KD loss (default 1)"),
                  ("hard-weight", float, "weight of the hard-label loss (default: 0 general, 1 task stage)"),
                  ("fit-teacher-head", int, "train an untrained teacher MLM head alone for N steps first"),
-                 ("mlm-probability", float, "general stage: share of tokens masked, whole words (default 0.15)"))
+                 ("mlm-probability", float, "general stage: share of tokens masked, whole words (default 0.15)"),
+                 ("teacher-backend", str, "general stage, CPU: torch (default), onnx (fused ONNX Runtime graph, "
+                  "same outputs), onnx-int8 (int8 teacher: faster, checked to stay within 5 %% of torch's hidden "
+                  "states) or auto (onnx where it applies)"))
 
 
 def _add_train_args(p: argparse.ArgumentParser, extra=()) -> None:

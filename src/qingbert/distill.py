@@ -46,7 +46,8 @@ from .train import TrainConfig, Trainer, seed_everything
 
 FORMAT = "qingbert.distilled/1"
 KD_LOSSES = ("kd_ce", "kd_mse")
-TEACHER_BACKENDS = ("torch", "onnx", "auto")
+TEACHER_BACKENDS = ("torch", "onnx", "onnx-int8", "auto")
+INT8_TEACHER_MAX_RELATIVE_ERROR = 0.05  # onnx-int8 teacher: |h_int8 - h| / |h| on the first batch
 
 
 @dataclass
@@ -66,7 +67,8 @@ class DistillConfig:
     teacher_weights: list | None = None  # multi-teacher: weights of the teachers' soft targets
     overrides: dict = field(default_factory=dict)  # config overrides for zoo-shape students
     # general stage: the frozen teacher's encoder in "torch", or in ONNX Runtime's fused graph ("onnx"; CPU, no
-    # attention matches, no document mask); "auto" = onnx where it applies
+    # attention matches, no document mask); "auto" = onnx where it applies; "onnx-int8" = the same graph quantised
+    # to int8 (faster; its hidden states must stay within INT8_TEACHER_MAX_RELATIVE_ERROR of torch's)
     teacher_backend: str = "torch"
 
     @classmethod
@@ -288,6 +290,7 @@ class _DistillBase(torch.nn.Module):
                 _use_eager_attention(mdl)
         self._onnx: list = [None] * len(self._teachers)  # teachers' encoders in ONNX Runtime, built on first use
         self.teacher_backend_used = "torch"
+        self.teacher_backend_check: dict = {}  # the ONNX teacher vs torch on the first batch
         self._teacher_backend = cfg.teacher_backend
 
     def _widths(self, m: dict) -> tuple[int, int]:
@@ -323,20 +326,23 @@ class _DistillBase(torch.nn.Module):
             try:
                 from .export import OnnxEncoder
 
-                enc = OnnxEncoder(base, hidden_states=self.need_hidden)
-                with torch.no_grad():
-                    ref = base(input_ids=ids, attention_mask=att).last_hidden_state
-                diff = float((enc(ids, att).last_hidden_state - ref).abs().max())
-                if diff > 1e-3:
-                    raise QingbertError(f"its outputs differ from torch's by {diff:.3g}")
+                int8 = backend == "onnx-int8"
+                enc = OnnxEncoder(base, hidden_states=self.need_hidden, int8=int8)
+                check = enc.compare(base, ids, att)
+                if int8 and check["relative_error"] > INT8_TEACHER_MAX_RELATIVE_ERROR:
+                    raise QingbertError(f"its int8 hidden states are {100 * check['relative_error']:.1f} % off "
+                                        f"torch's (at most {100 * INT8_TEACHER_MAX_RELATIVE_ERROR:.0f} % allowed)")
+                if not int8 and check["max_abs_diff"] > 1e-3:
+                    raise QingbertError(f"its outputs differ from torch's by {check['max_abs_diff']:.3g}")
             except (QingbertError, ImportError, RuntimeError) as e:
-                if backend == "onnx":
-                    raise QingbertError(f"cannot run the teacher in ONNX Runtime: {e}",
+                if backend != "auto":
+                    raise QingbertError(f"cannot run the teacher in ONNX Runtime ({backend}): {e}",
                                         hint="use teacher_backend torch") from None
                 self._teacher_backend = "torch"  # auto: fall back for good
                 return base
             self._onnx[i] = enc
-            self.teacher_backend_used = "onnx"
+            self.teacher_backend_used = enc.name
+            self.teacher_backend_check = {k: round(v, 6) for k, v in check.items()}
         return self._onnx[i]
 
     def _kd(self, s_logits, t_logits, mask=None) -> torch.Tensor:
@@ -733,6 +739,7 @@ def distill_general(teacher: str | list, student: str, data: str | Path, out: st
             "processes": trainer.world, "eval_before": before,
             "eval_after": {k: v for k, v in (after or {}).items() if k != "split"} or None,
             "teacher_backend": trainer.unwrapped_objective().teacher_backend_used,
+            "teacher_backend_check": trainer.unwrapped_objective().teacher_backend_check or None,
             "elapsed_s": round(time.time() - t0, 2),
         }
         write_manifest(out, manifest)
