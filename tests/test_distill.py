@@ -432,19 +432,28 @@ def test_two_processes_with_accelerate(small_prepared, teacher_dir, tmp_path):
     assert list_checkpoints(out / "student")
 
 
-def test_teacher_in_onnx_runtime_gives_the_same_losses(small_prepared, teacher_dir, tmp_path):
-    """The frozen teacher's encoder compiled to ONNX Runtime: same KD and match losses as the torch teacher."""
+def _torch_and_onnx_objectives(small_prepared, teacher_dir, backend: str):
+    """The same teacher -> student objective with the teacher in torch and in ``backend`` (same projections),
+    and their (loss, metrics) on one batch."""
     batch, vocab = a_batch(small_prepared)
     teacher = BertForMaskedLM.from_pretrained(str(teacher_dir)).eval()
     student = bert(vocab, hidden=32, layers=2, seed=1)
     cfg = {"temperature": 2.0, "matches": "hidden-uniform"}
     ref = GeneralDistillObjective(teacher, student, DistillConfig.from_dict(cfg)).eval()
-    ort = GeneralDistillObjective(teacher, student, DistillConfig.from_dict({**cfg, "teacher_backend": "onnx"}))
-    ort.projections.load_state_dict(ref.projections.state_dict())
-    ort.eval()
+    other = GeneralDistillObjective(teacher, student, DistillConfig.from_dict({**cfg, "teacher_backend": backend}))
+    other.projections.load_state_dict(ref.projections.state_dict())
+    other.eval()
     with torch.no_grad():
-        l_ref, m_ref = ref(batch)
-        l_ort, m_ort = ort(batch)
+        out_ref, out_other = ref(batch), other(batch)
+    return {"batch": batch, "teacher": teacher, "student": student, "cfg": cfg, "ref": ref, "other": other,
+            "out_ref": out_ref, "out_other": out_other}
+
+
+def test_teacher_in_onnx_runtime_gives_the_same_losses(small_prepared, teacher_dir, tmp_path):
+    """The frozen teacher's encoder compiled to ONNX Runtime: same KD and match losses as the torch teacher."""
+    r = _torch_and_onnx_objectives(small_prepared, teacher_dir, "onnx")
+    ref, ort, batch, teacher, student = r["ref"], r["other"], r["batch"], r["teacher"], r["student"]
+    (l_ref, m_ref), (l_ort, m_ort) = r["out_ref"], r["out_other"]
     assert ort.teacher_backend_used == "onnx" and ref.teacher_backend_used == "torch"
     assert float(l_ort) == pytest.approx(float(l_ref), rel=1e-4)
     assert float(m_ort["kd_loss"]) == pytest.approx(float(m_ref["kd_loss"]), rel=1e-4)
@@ -466,17 +475,9 @@ def test_int8_teacher_is_checked_against_torch(small_prepared, teacher_dir, monk
     """onnx-int8: a quantised teacher, close to torch's but not equal; past the tolerance it is refused."""
     import qingbert.distill as distill_mod
 
-    batch, vocab = a_batch(small_prepared)
-    teacher = BertForMaskedLM.from_pretrained(str(teacher_dir)).eval()
-    student = bert(vocab, hidden=32, layers=2, seed=1)
-    cfg = {"temperature": 2.0, "matches": "hidden-uniform"}
-    ref = GeneralDistillObjective(teacher, student, DistillConfig.from_dict(cfg)).eval()
-    q = GeneralDistillObjective(teacher, student, DistillConfig.from_dict({**cfg, "teacher_backend": "onnx-int8"}))
-    q.projections.load_state_dict(ref.projections.state_dict())
-    q.eval()
-    with torch.no_grad():
-        _, m_ref = ref(batch)
-        _, m_q = q(batch)
+    r = _torch_and_onnx_objectives(small_prepared, teacher_dir, "onnx-int8")
+    q, batch, teacher, student, cfg = r["other"], r["batch"], r["teacher"], r["student"], r["cfg"]
+    (_, m_ref), (_, m_q) = r["out_ref"], r["out_other"]
     assert q.teacher_backend_used == "onnx-int8"
     err = q.teacher_backend_check["relative_error"]
     assert 0 < err <= distill_mod.INT8_TEACHER_MAX_RELATIVE_ERROR  # quantised: not bit-equal, but close

@@ -54,8 +54,9 @@ class ExportError(QingbertError):
 # ONNX graphs
 
 
-def _wrapper(model, outputs: tuple):
-    """A module returning ``(head outputs..., last hidden state)`` as a tuple, for the exporter."""
+def _wrapper(model, outputs: tuple = (), all_hidden: bool = False):
+    """A module returning ``(head outputs..., [every layer's hidden states...,] last hidden state)`` as a tuple,
+    for the exporter."""
     import torch
 
     class Wrapped(torch.nn.Module):
@@ -68,7 +69,8 @@ def _wrapper(model, outputs: tuple):
                              output_hidden_states=True)
             hidden = res.last_hidden_state if getattr(res, "last_hidden_state", None) is not None \
                 else res.hidden_states[-1]
-            return tuple(getattr(res, n) for n in outputs) + (hidden,)
+            layers = tuple(res.hidden_states) if all_hidden else ()
+            return tuple(getattr(res, n) for n in outputs) + layers + (hidden,)
 
     return Wrapped().eval()
 
@@ -168,14 +170,12 @@ class OnnxEncoder:
     hidden states of every layer (embeddings first), as torch tensors.
 
     With ``int8`` the fused graph is dynamically quantised (int8 weights per channel): faster, and no longer equal
-    to the torch model -- callers measure how far it is (see :meth:`relative_error`).
+    to the torch model -- callers measure how far it is (:meth:`compare`).
 
     Only for a frozen model on the CPU with a 2-D padding mask (no attention outputs, no 4-D masks)."""
 
     def __init__(self, encoder, hidden_states: bool = True, threads: int = 0, int8: bool = False):
         import tempfile
-
-        import torch
 
         from .inference import OnnxBackend
 
@@ -188,19 +188,9 @@ class OnnxEncoder:
         self._dir = Path(tempfile.mkdtemp(prefix="qingbert-onnx-encoder-"))
         raw, fused = self._dir / "raw.onnx", self._dir / "model.onnx"
 
-        class Wrapped(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.encoder = encoder
-
-            def forward(self, input_ids, attention_mask, token_type_ids):
-                res = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                                   output_hidden_states=hidden_states)
-                return (tuple(res.hidden_states) if hidden_states else ()) + (res.last_hidden_state,)
-
         was_training = encoder.training
         encoder.eval()
-        export_module(Wrapped().eval(), raw, self.names, trace_inputs(cfg.vocab_size))
+        export_module(_wrapper(encoder, all_hidden=hidden_states), raw, self.names, trace_inputs(cfg.vocab_size))
         encoder.train(was_training)
         self.fused = optimize_onnx(raw, fused, cfg.model_type, cfg.num_attention_heads, cfg.hidden_size)
         raw.unlink()
