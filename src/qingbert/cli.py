@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help=VERBS["demo"], description=VERBS["demo"])
     p.add_argument("--out", default="demo-output", help="where the demo writes its folders")
     p.add_argument("--examples", type=int, default=4, help="sentences shown with their whole-word masks")
-    p.add_argument("--steps", type=int, default=None, help="teacher pretraining steps (default 600)")
+    p.add_argument("--steps", type=int, default=None, help="teacher pretraining steps (default 1,200)")
     return parser
 
 
