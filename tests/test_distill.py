@@ -439,7 +439,8 @@ def _torch_and_onnx_objectives(small_prepared, teacher_dir, backend: str):
     teacher = BertForMaskedLM.from_pretrained(str(teacher_dir)).eval()
     student = bert(vocab, hidden=32, layers=2, seed=1)
     cfg = {"temperature": 2.0, "matches": "hidden-uniform"}
-    ref = GeneralDistillObjective(teacher, student, DistillConfig.from_dict(cfg)).eval()
+    ref = GeneralDistillObjective(teacher, student, DistillConfig.from_dict({**cfg, "teacher_backend": "torch"}))
+    ref.eval()
     other = GeneralDistillObjective(teacher, student, DistillConfig.from_dict({**cfg, "teacher_backend": backend}))
     other.projections.load_state_dict(ref.projections.state_dict())
     other.eval()

@@ -67,9 +67,10 @@ class DistillConfig:
     teacher_weights: list | None = None  # multi-teacher: weights of the teachers' soft targets
     overrides: dict = field(default_factory=dict)  # config overrides for zoo-shape students
     # general stage: the frozen teacher's encoder in "torch", or in ONNX Runtime's fused graph ("onnx"; CPU, no
-    # attention matches, no document mask); "auto" = onnx where it applies; "onnx-int8" = the same graph quantised
-    # to int8 (faster; its hidden states must stay within INT8_TEACHER_MAX_RELATIVE_ERROR of torch's)
-    teacher_backend: str = "torch"
+    # attention matches, no document mask; equal to torch within 1e-3); "auto" (default) = onnx where it applies,
+    # else torch; "onnx-int8" = the same graph quantised to int8 (faster; its hidden states must stay within
+    # INT8_TEACHER_MAX_RELATIVE_ERROR of torch's)
+    teacher_backend: str = "auto"
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "DistillConfig":
