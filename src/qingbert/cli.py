@@ -277,6 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo-output", help="where the demo writes its folders")
     p.add_argument("--examples", type=int, default=4, help="sentences shown with their whole-word masks")
     p.add_argument("--steps", type=int, default=None, help="teacher pretraining steps (default 1,200)")
+
+    # embeddings (encode, whiten, simcse, eval-sts), semantic search (index) and serving (serve): their stage modules
+    # define their own verbs
+    from . import embed, index, serve
+
+    embed.add_cli(sub)
+    index.add_cli(sub)
+    serve.add_cli(sub)
     return parser
 
 
@@ -306,6 +314,12 @@ def _load_recipe(path: str | None) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from . import embed
+
+    if args.verb in embed.VERBS:
+        return embed.run_cli(args)
+    if args.verb in ("index", "serve"):
+        return args.run_cli(args)
     if args.verb == "zoo":
         from . import zoo
 
@@ -590,7 +604,8 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.verb in ("pretrain", "fill-mask", "finetune", "predict", "bench", "distill", "demo", "export", "speed"):
+    if args.verb in ("pretrain", "fill-mask", "finetune", "predict", "bench", "distill", "demo", "export", "speed",
+                     "encode", "whiten", "simcse", "eval-sts", "index", "serve"):
         _quiet_libraries()
     try:
         return run(args)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ import torch
 
 from .errors import QingbertError
 from .manifest import atomic_write_text, read_manifest, write_manifest
-from .train import Trainer, TrainConfig, seed_everything
+from .train import Trainer, TrainConfig, fill_config, seed_everything
 
 FORMAT = "qingbert.finetuned/1"
 
@@ -50,22 +50,7 @@ class FinetuneConfig:
     @classmethod
     def from_dict(cls, d: dict | None) -> "FinetuneConfig":
         """Flat or nested (``train:``) dict -> config; unknown keys are an error."""
-        cfg = cls()
-        own = {f.name for f in fields(cls)} - {"train"}
-        tf = {f.name for f in fields(TrainConfig)}
-        for k, v in (d or {}).items():
-            if k == "train" and isinstance(v, dict):
-                for kk, vv in v.items():
-                    if kk not in tf:
-                        raise QingbertError(f"unknown training option '{kk}'", hint="known: " + ", ".join(sorted(tf)))
-                    setattr(cfg.train, kk, vv)
-            elif k in own:
-                setattr(cfg, k, v)
-            elif k in tf:
-                setattr(cfg.train, k, v)
-            else:
-                raise QingbertError(f"unknown fine-tuning option '{k}'", hint="known: " + ", ".join(sorted(own | tf)))
-        return cfg
+        return fill_config(cls(), d, "fine-tuning")
 
 
 # ---------------------------------------------------------------------------

@@ -65,6 +65,29 @@ class TrainConfig:
 # ---------------------------------------------------------------------------
 # RNG and checkpoint files
 
+def fill_config(cfg, d: dict | None, what: str):
+    """Fill a config dataclass that has a ``train: TrainConfig`` field from a flat or nested (``train:``) dict
+    (a YAML recipe): its own fields by name, training fields flat or under ``train:``; unknown keys are an error
+    naming ``what`` (e.g. "fine-tuning")."""
+    from dataclasses import fields
+
+    own = {f.name for f in fields(cfg)} - {"train"}
+    tf = {f.name for f in fields(TrainConfig)}
+    for k, v in (d or {}).items():
+        if k == "train" and isinstance(v, dict):
+            for kk, vv in v.items():
+                if kk not in tf:
+                    raise QingbertError(f"unknown training option '{kk}'", hint="known: " + ", ".join(sorted(tf)))
+                setattr(cfg.train, kk, vv)
+        elif k in own:
+            setattr(cfg, k, v)
+        elif k in tf:
+            setattr(cfg.train, k, v)
+        else:
+            raise QingbertError(f"unknown {what} option '{k}'", hint="known: " + ", ".join(sorted(own | tf)))
+    return cfg
+
+
 def _rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
     py = random.getstate()
     np_state = np.random.get_state()

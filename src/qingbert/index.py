@@ -1,0 +1,384 @@
+"""Semantic search: a corpus -> sentence vectors -> a faiss index folder, and queries against it.
+
+``qingbert index build --model M --corpus FILE --out DIR [--factory Flat|HNSW32|IVF256,Flat|...]`` reads one text
+per line, encodes every text with the model (normalised vectors, so inner product = cosine similarity), builds
+``faiss.index_factory(dim, FACTORY, METRIC_INNER_PRODUCT)`` (trained first when the factory needs it) and writes
+
+* ``index.faiss``: the index (``faiss.write_index``; no pickle), vector ids = the texts' ids;
+* ``texts.jsonl``: one ``{"id", "line", "text"}`` record per indexed text (``line``: 1-based line in the corpus);
+* ``manifest.json``: model folder, factory, count, dim, pooling, skipped (empty) lines, seconds.
+
+``qingbert index query --index DIR --text Q [--k 5]`` prints the top hits as JSON lines.  From Python::
+
+    from qingbert.index import build_index, load_index
+    build_index("my-model", "corpus.txt", "my-index")
+    hits = load_index("my-index").search(["今天天气很好"], k=5)   # [[{"id", "text", "score"}, ...]]
+
+Every vector comes from :func:`embed`, the one place the model is asked for sentence vectors (the server uses it
+too), so indexing and querying always pool the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import QingbertError
+from .manifest import read_manifest, write_manifest
+
+FORMAT = "qingbert.index/1"
+INDEX_FILE = "index.faiss"
+TEXTS_FILE = "texts.jsonl"
+POOLINGS = ("mean", "cls")
+DEFAULT_NPROBE = 16  # IVF lists visited per query (faiss's own default, 1, misses too much)
+CHUNK = 1024  # texts encoded between two progress-bar updates
+
+
+# ---------------------------------------------------------------------------
+# vectors
+
+
+def embed(model, texts: list[str], batch_size: int = 64, pooling: str = "mean", normalize: bool = True) -> np.ndarray:
+    """Sentence vectors of ``texts`` as an ``(n, dim)`` float32 array: the single encoder call of indexing and
+    serving (swap it here for another encoder).  ``model`` is a :class:`qingbert.inference.Model`; with
+    ``normalize`` every row has unit length, so inner products are cosine similarities."""
+    vecs = model.encode(list(texts), batch_size=batch_size, pooling=pooling, normalize=normalize)
+    return np.ascontiguousarray(vecs, dtype=np.float32).reshape(len(texts), -1)
+
+
+# ---------------------------------------------------------------------------
+# the corpus
+
+
+def read_corpus(path: str | Path) -> tuple[list[str], list[int], list[int]]:
+    """``(texts, line_numbers, empty_lines)`` of a text file with one text per line.
+
+    Lines are stripped of surrounding whitespace; empty lines are not indexed but their (1-based) numbers are
+    returned, so the caller can report them.  A missing, unreadable, non-UTF-8 or textless file is a clear error
+    naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise QingbertError(f"no such corpus file '{path}'", hint="give a text file with one text per line")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise QingbertError(f"{path}: cannot read the corpus ({e.strerror})") from None
+    try:
+        content = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise QingbertError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    texts, lines, empty = [], [], []
+    for n, line in enumerate(content.splitlines(), start=1):
+        text = line.strip()
+        if text:
+            texts.append(text)
+            lines.append(n)
+        else:
+            empty.append(n)
+    if not texts:
+        what = "is empty" if not raw else f"has no text ({len(empty)} empty lines)"
+        raise QingbertError(f"corpus file '{path}' {what}", hint="one text per line")
+    return texts, lines, empty
+
+
+# ---------------------------------------------------------------------------
+# faiss
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:  # pragma: no cover - faiss-cpu is a dependency
+        raise QingbertError("semantic search needs the 'faiss-cpu' package", hint="pip install faiss-cpu") from None
+    return faiss
+
+
+def _first_line(e: Exception) -> str:
+    """faiss errors start with the C++ function they came from; keep the message after it."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return msg.split(": ", 1)[-1][:300] if msg.startswith("Error in") else msg[:300]
+
+
+def new_index(dim: int, factory: str):
+    """An empty ``factory`` index for ``dim``-dimensional vectors compared by inner product, taking explicit ids."""
+    faiss = _faiss()
+    try:
+        base = faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise QingbertError(f"invalid faiss factory string '{factory}' ({_first_line(e)})",
+                            hint="e.g. Flat, HNSW32, IVF256,Flat, IVF256,PQ16") from None
+    # IVF indexes store ids themselves; the others get an id map (IDMap2 can also return stored vectors).
+    return base if faiss.try_extract_index_ivf(base) is not None else faiss.IndexIDMap2(base)
+
+
+def train_index(index, vectors: np.ndarray, factory: str) -> None:
+    """Train ``index`` on ``vectors`` when the factory needs it; too few vectors for an IVF's lists is a clear
+    error saying how many lists the corpus can take."""
+    faiss = _faiss()
+    if index.is_trained:
+        return
+    n = len(vectors)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and n < ivf.nlist:
+        fit = max(1, n // 39)  # faiss asks for 39 training points per centroid
+        raise QingbertError(f"index factory '{factory}' has {ivf.nlist} IVF lists but the corpus has only {n} "
+                            f"vectors to train them (at least {ivf.nlist} needed, about {39 * ivf.nlist} advised)",
+                            hint=f"use fewer lists (e.g. IVF{fit},Flat) or --factory Flat for a corpus this small")
+    try:
+        index.train(vectors)
+    except RuntimeError as e:
+        raise QingbertError(f"cannot train index '{factory}' on {n} vectors ({_first_line(e)})",
+                            hint="a smaller factory (fewer lists, fewer PQ bits) or --factory Flat") from None
+
+
+def _set_search_params(index, nprobe: int | None) -> None:
+    faiss = _faiss()
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.nprobe = max(1, min(int(nprobe or DEFAULT_NPROBE), ivf.nlist))
+
+
+# ---------------------------------------------------------------------------
+# build
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise QingbertError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        m = read_manifest(out) or {}
+        if not overwrite:
+            raise QingbertError(f"{out}: folder exists and is not empty", hint="pass --overwrite to replace the index")
+        if m.get("format") != FORMAT:
+            raise QingbertError(f"{out}: refusing to overwrite a folder that is not a qingbert index")
+
+
+def _encode_all(model, texts: list[str], batch_size: int, pooling: str, progress: bool) -> np.ndarray:
+    """Vectors of every text, in chunks so a progress bar can follow large corpora."""
+    from tqdm.auto import tqdm
+
+    out = []
+    with tqdm(total=len(texts), desc="encode", unit="text", unit_scale=True, leave=False,
+              disable=None if progress else True) as bar:
+        for lo in range(0, len(texts), CHUNK):
+            chunk = texts[lo:lo + CHUNK]
+            out.append(embed(model, chunk, batch_size=batch_size, pooling=pooling))
+            bar.update(len(chunk))
+    return np.concatenate(out, axis=0)
+
+
+def build_index(model_dir: str | Path, corpus: str | Path, out: str | Path, factory: str = "Flat",
+                batch_size: int = 64, pooling: str = "mean", backend: str | None = None, overwrite: bool = False,
+                progress: bool = True, model=None) -> dict:
+    """Encode every line of ``corpus`` with the model in ``model_dir`` and write a faiss index folder ``out``.
+
+    ``factory`` is a faiss index-factory string (``Flat``: exact; ``HNSW32``: graph, fast and no training;
+    ``IVF<n>,Flat`` / ``IVF<n>,PQ<m>``: trained on the corpus itself, so it needs at least ``n`` texts).
+    ``model``: an already loaded :class:`qingbert.inference.Model` of ``model_dir`` (else it is loaded on
+    ``backend``).  Returns the manifest record."""
+    if pooling not in POOLINGS:
+        raise QingbertError(f"unknown pooling '{pooling}'", hint=" or ".join(POOLINGS))
+    if batch_size < 1:
+        raise QingbertError(f"batch size must be at least 1, got {batch_size}")
+    out = Path(out)
+    t0 = time.perf_counter()
+    texts, lines, empty = read_corpus(corpus)
+    _check_out(out, overwrite)
+    if model is None:
+        from .inference import load
+
+        model = load(model_dir, backend=backend)
+    vectors = _encode_all(model, texts, batch_size, pooling, progress)
+    t_encode = time.perf_counter() - t0
+    index = new_index(vectors.shape[1], factory)
+    train_index(index, vectors, factory)
+    index.add_with_ids(vectors, np.arange(len(texts), dtype=np.int64))
+
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (INDEX_FILE, TEXTS_FILE):
+        (out / stale).unlink(missing_ok=True)
+    _faiss().write_index(index, str(out / INDEX_FILE))
+    with open(out / TEXTS_FILE, "w", encoding="utf-8") as fh:
+        for i, (line, text) in enumerate(zip(lines, texts)):
+            fh.write(json.dumps({"id": i, "line": line, "text": text}, ensure_ascii=False) + "\n")
+    record = {
+        "format": FORMAT,
+        "model": str(Path(model_dir).resolve()),
+        "backend": getattr(model, "backend", None),
+        "corpus": str(Path(corpus).resolve()),
+        "factory": factory,
+        "metric": "inner_product",
+        "pooling": pooling,
+        "normalized": True,
+        "count": int(index.ntotal),
+        "dim": int(vectors.shape[1]),
+        "lines": len(lines) + len(empty),
+        "skipped": {"empty_lines": len(empty), "first_empty_lines": empty[:20]},
+        "seconds": {"encode": round(t_encode, 3), "total": round(time.perf_counter() - t0, 3)},
+    }
+    write_manifest(out, record)
+    return record
+
+
+# ---------------------------------------------------------------------------
+# load and search
+
+
+class SemanticIndex:
+    """A loaded index folder: ``search(queries, k)`` for texts or vectors.
+
+    Text queries are encoded by ``encoder``: a :class:`qingbert.inference.Model`, a callable ``texts -> (n, dim)
+    vectors``, or ``None`` (the model the manifest names, loaded on first use)."""
+
+    def __init__(self, folder: str | Path, encoder=None, backend: str | None = None, nprobe: int | None = None):
+        self.folder = Path(folder)
+        m = read_manifest(self.folder)
+        if not self.folder.is_dir() or m is None or m.get("format") != FORMAT:
+            raise QingbertError(f"{self.folder}: not an index folder (no qingbert index manifest.json)",
+                                hint="build one with `qingbert index build`")
+        self.manifest = m
+        for name in (INDEX_FILE, TEXTS_FILE):
+            if not (self.folder / name).exists():
+                raise QingbertError(f"{self.folder}: {name} is missing", hint="rebuild with `qingbert index build`")
+        try:
+            self.index = _faiss().read_index(str(self.folder / INDEX_FILE))
+        except RuntimeError as e:
+            raise QingbertError(f"{self.folder / INDEX_FILE}: faiss cannot read it ({_first_line(e)})") from None
+        self.texts = self._read_texts()
+        if self.index.ntotal != len(self.texts):
+            raise QingbertError(f"{self.folder}: {self.index.ntotal} vectors but {len(self.texts)} texts",
+                                hint="rebuild with `qingbert index build`")
+        _set_search_params(self.index, nprobe)
+        self.pooling = m.get("pooling", "mean")
+        self.backend = backend
+        self._encoder = encoder
+
+    def _read_texts(self) -> dict[int, str]:
+        texts = {}
+        with open(self.folder / TEXTS_FILE, encoding="utf-8") as fh:
+            for rec in map(json.loads, fh):
+                texts[int(rec["id"])] = rec["text"]
+        return texts
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    def __repr__(self) -> str:
+        return f"SemanticIndex({str(self.folder)!r}, size={len(self)}, factory={self.manifest.get('factory')!r})"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Query vectors for ``texts`` with the index's model and pooling."""
+        if self._encoder is None:
+            from .inference import load
+
+            model_dir = self.manifest.get("model")
+            if not model_dir or not Path(model_dir).is_dir():
+                raise QingbertError(f"{self.folder}: the model it was built with ('{model_dir}') is not there",
+                                    hint="pass the model (encoder=...) to load_index, or search with vectors")
+            self._encoder = load(model_dir, backend=self.backend)
+        if callable(self._encoder) and not hasattr(self._encoder, "encode"):
+            return np.asarray(self._encoder(list(texts)), dtype=np.float32)
+        return embed(self._encoder, texts, pooling=self.pooling)
+
+    def search(self, queries, k: int = 5) -> list[list[dict]]:
+        """Top-``k`` hits per query: ``[[{"id", "text", "score"}, ...], ...]``, best first (score = cosine).
+
+        ``queries``: a list of texts (a single ``str`` is one query), or an ``(n, dim)`` / ``(dim,)`` array of
+        vectors (normalised here, as the indexed ones are)."""
+        if isinstance(queries, str):
+            queries = [queries]
+        if isinstance(queries, np.ndarray):
+            vectors = queries
+        else:
+            queries = list(queries)
+            if not all(isinstance(q, str) for q in queries):
+                raise QingbertError("search() takes a list of texts or an array of vectors")
+            vectors = self.encode(queries) if queries else np.zeros((0, self.dim), dtype=np.float32)
+        return self.search_vectors(vectors, k)
+
+    def search_vectors(self, vectors: np.ndarray, k: int = 5) -> list[list[dict]]:
+        """Top-``k`` hits for each row of ``vectors`` (see :meth:`search`)."""
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise QingbertError(f"k must be a positive integer, got {k!r}")
+        x = np.ascontiguousarray(np.atleast_2d(np.asarray(vectors, dtype=np.float32)))
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise QingbertError(f"query vectors have shape {tuple(x.shape)}; this index holds {self.dim}-dimensional "
+                                "vectors")
+        if not len(x):
+            return []
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        scores, ids = self.index.search(x, min(k, len(self)))
+        return [[{"id": int(i), "text": self.texts[int(i)], "score": float(s)}
+                 for i, s in zip(row_ids, row_scores) if i >= 0]
+                for row_ids, row_scores in zip(ids, scores)]
+
+
+def load_index(folder: str | Path, encoder=None, backend: str | None = None, nprobe: int | None = None
+               ) -> SemanticIndex:
+    """Open an index folder written by :func:`build_index` (see :class:`SemanticIndex`)."""
+    return SemanticIndex(folder, encoder=encoder, backend=backend, nprobe=nprobe)
+
+
+# ---------------------------------------------------------------------------
+# command line (wired into ``qingbert`` by cli.py: ``add_cli(sub)`` and ``run_cli(args)``)
+
+HELP = "semantic search: build a faiss index of a corpus's sentence vectors, or query one"
+
+
+def add_cli(subparsers) -> None:
+    """Add the ``index`` verb (``index build`` / ``index query``) to ``qingbert``'s subparsers."""
+    p = subparsers.add_parser("index", help=HELP, description=HELP)
+    sub = p.add_subparsers(dest="index_verb", metavar="ACTION", required=True)
+    b = sub.add_parser("build", help="encode a corpus (one text per line) and write an index folder",
+                       description="encode a corpus (one text per line) and write an index folder: index.faiss, "
+                                   "texts.jsonl, manifest.json")
+    b.add_argument("--model", required=True, help="model folder (any qingbert.load folder)")
+    b.add_argument("--corpus", required=True, help="UTF-8 text file, one text per line (empty lines are skipped)")
+    b.add_argument("--out", required=True, help="index folder to write")
+    b.add_argument("--factory", default="Flat",
+                   help="faiss index factory string: Flat (exact, default), HNSW32, IVF<lists>,Flat, IVF<lists>,PQ<m>")
+    b.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default 64)")
+    b.add_argument("--pooling", default="mean", choices=POOLINGS, help="sentence vector pooling (default mean)")
+    b.add_argument("--backend", default=None, help="torch, onnx or onnx-int8 (default: the fastest in the folder)")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
+    q = sub.add_parser("query", help="print the nearest corpus texts of a query as JSON lines",
+                       description="print the nearest corpus texts of each query as JSON lines "
+                                   "{query, rank, id, text, score}")
+    q.add_argument("--index", required=True, help="index folder written by `qingbert index build`")
+    q.add_argument("--text", action="append", required=True, help="query text (repeat for several)")
+    q.add_argument("--k", type=int, default=5, help="hits per query (default 5)")
+    q.add_argument("--model", default=None, help="model folder for the queries (default: the one the index names)")
+    q.add_argument("--backend", default=None, help="torch, onnx or onnx-int8 (default: the fastest)")
+    p.set_defaults(run_cli=run_cli)
+
+
+def run_cli(args) -> int:
+    """Run ``qingbert index build|query`` from parsed arguments; returns the exit status."""
+    if args.index_verb == "build":
+        r = build_index(args.model, args.corpus, args.out, factory=args.factory, batch_size=args.batch_size,
+                        pooling=args.pooling, backend=args.backend, overwrite=args.overwrite)
+        skipped = r["skipped"]["empty_lines"]
+        print(f"wrote {args.out}: {r['count']} texts, dim {r['dim']}, {r['factory']}, "
+              f"{skipped} empty line{'s' if skipped != 1 else ''} skipped, {r['seconds']['total']:.1f} s")
+        return 0
+    encoder = None
+    if args.model:
+        from .inference import load
+
+        encoder = load(args.model, backend=args.backend)
+    index = load_index(args.index, encoder=encoder, backend=args.backend)
+    for text, hits in zip(args.text, index.search(args.text, k=args.k)):
+        for rank, hit in enumerate(hits, start=1):
+            print(json.dumps({"query": text, "rank": rank, **hit}, ensure_ascii=False))
+    return 0
+
+
+__all__ = ["build_index", "load_index", "SemanticIndex", "embed", "read_corpus", "new_index", "train_index",
+           "add_cli", "run_cli", "FORMAT", "INDEX_FILE", "TEXTS_FILE"]
