@@ -26,4 +26,8 @@ def test_demo_runs_every_stage(tmp_path):
     assert out.count("(student)") == 2
     assert (tmp_path / "demo" / "student" / "manifest.json").exists()
     assert (tmp_path / "demo" / "distill" / "peoples-daily-ner" / "dev_metrics.json").exists()
+    # and served: the distilled classifier over HTTP, with an index of built-in reviews
+    assert "== serve" in out and "POST /encode   -> 2 vectors" in out
+    assert out.count("POST /classify ->") == 2 and "POST /search" in out
+    assert "POST /encode with no texts -> 4" in out and "server stopped" in out
     assert "Traceback" not in r.stderr

@@ -102,9 +102,10 @@ def demo(out: str | Path = "demo-output", examples: int = 4, seed: int = 0, step
         print(format_fill(text, fill_mask(str(teacher), text, top_k=3)))
     ft = finetune_section(teacher, out, steps=steps)
     ds = distill_section(teacher, data, out, ft, steps=steps)
+    sv = serve_section(out)
     print(f"\ndemo finished in {time.time() - t0:.0f} s; outputs in {out}/ "
           f"(the teacher loads with transformers: BertForMaskedLM.from_pretrained('{teacher}'))")
-    return {"prepare": m, "pretrain": pm, "finetune": ft, "distill": ds}
+    return {"prepare": m, "pretrain": pm, "finetune": ft, "distill": ds, "serve": sv}
 
 
 def finetune_section(teacher: Path, out: Path, steps: int | None = None) -> list[dict]:
@@ -189,3 +190,44 @@ def distill_section(teacher: Path, data: Path, out: Path, ft_rows: list[dict], s
         kept = f" ({100 * score / ref:.1f} % of the teacher)" if ref else ""
         print(f"{task}: dev {row['metric']} {ref:.2f} (teacher) -> {score:.2f} (student){kept}", flush=True)
     return {"general": gm, "tasks": rows, "latency_ms": {"teacher": t_ms, "student": s_ms}}
+
+
+SERVE_TEXTS = ["质量很好，下次还买", "太差了，再也不买了"]
+SERVE_QUERY = "物流很快，包装也很好"
+
+
+def serve_section(out: Path, corpus_size: int = 2000) -> dict:
+    """Start ``qingbert serve`` on the distilled sentiment student for a few seconds, with a faiss index over
+    built-in reviews; send encode, classify, search and one bad request; print the answers; stop the server."""
+    import httpx
+
+    from .builtin import reviews
+    from .index import build_index
+    from .serve import running_server
+
+    model = out / "distill" / "reviews-sentiment"
+    _section("serve: the distilled sentiment student over HTTP (encode, classify, search the built-in reviews)")
+    work = out / "serve"
+    work.mkdir(parents=True, exist_ok=True)
+    corpus = work / "reviews.txt"
+    corpus.write_text("\n".join(t for t, _ in reviews("dev")[:corpus_size]) + "\n", encoding="utf-8")
+    im = build_index(str(model), corpus, work / "index", factory="Flat", overwrite=True, progress=False)
+    print(f"index: {im['count']:,} reviews, {im['dim']} dimensions, faiss {im['factory']}")
+    with running_server(model, work / "index") as url, httpx.Client(base_url=url, timeout=60) as client:
+        health = client.get("/health").json()
+        print(f"server at {url}: model kind {health.get('kind')}, backend {health.get('backend')}")
+        enc = client.post("/encode", json={"id": 1, "texts": SERVE_TEXTS, "is_tokenized": False}).json()
+        print(f"POST /encode   -> {len(enc['results'])} vectors of {len(enc['results'][0])} floats "
+              f"(status {enc['status']})")
+        cls = client.post("/classify", json={"texts": SERVE_TEXTS}).json()["results"]
+        for t, r in zip(SERVE_TEXTS, cls):
+            print(f"POST /classify -> {t}: {r['label']} ({r['score']:.2f})")
+        hits = client.post("/search", json={"query": SERVE_QUERY, "top_k": 3}).json()["results"]
+        print(f"POST /search   -> {SERVE_QUERY}:")
+        for h in hits:
+            print(f"    {h['score']:.3f}  {h['text'][:40]}")
+        bad = client.post("/encode", json={"id": 2, "texts": []})
+        print(f"POST /encode with no texts -> {bad.status_code}: {bad.json()['error']['message']}")
+    print("server stopped")
+    return {"index": im, "health": health, "classify": cls, "search": hits, "bad_status": bad.status_code}
+
