@@ -74,6 +74,7 @@ DISTILL_FLAGS = (("temperature", float, "KD temperature (default 1; a schedule i
                  ("hard-weight", float, "weight of the hard-label loss (default: 0 general, 1 task stage)"),
                  ("fit-teacher-head", int, "train an untrained teacher MLM head alone for N steps first"),
                  ("mlm-probability", float, "general stage: share of tokens masked, whole words (default 0.15)"),
+                 ("init", str, "a student built from scratch (zoo shape): local-attention (default) or default"),
                  ("teacher-backend", str, "general stage, CPU: auto (default: onnx where it applies, else torch), "
                   "torch, onnx (fused ONNX Runtime graph, same outputs) or onnx-int8 (int8 teacher: faster, "
                   "checked to stay within 5 %% of torch's hidden states)"))

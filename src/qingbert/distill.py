@@ -62,6 +62,7 @@ class DistillConfig:
     matches: list | str | None = None  # None: general -> "hidden-uniform", task -> "none"
     hidden_only: bool = False  # no logits KD (e.g. a teacher whose MLM head is untrained)
     init_from_teacher_layers: list | None = None  # assistant/student = these teacher layers (same width)
+    init: str = "local-attention"  # a student built from scratch (zoo shape): qingbert.inits name (as pretrain)
     fit_teacher_head: int = 0  # steps to train an untrained teacher MLM head alone before distilling
     cache_teacher: bool = True  # task stage: reuse teacher logits across epochs (when no matches need features)
     teacher_weights: list | None = None  # multi-teacher: weights of the teachers' soft targets
@@ -642,7 +643,7 @@ def _fit_teacher_head(teacher, train_ds, eval_ds, collate, out: Path, cfg: Disti
     return teacher
 
 
-def _load_student(student: str, tokenizer, overrides: dict):
+def _load_student(student: str, tokenizer, overrides: dict, init: str = "default"):
     """A zoo shape or model folder (as pretraining loads them), or any config: a ``config.json`` file or a folder
     holding only one -> a random-init masked LM of that config with the data's vocabulary."""
     from .pretrain import load_mlm
@@ -662,7 +663,7 @@ def _load_student(student: str, tokenizer, overrides: dict):
         for k, v in overrides.items():
             setattr(config, k, v)
         return AutoModelForMaskedLM.from_config(config), {"init": f"random (config {config_file})"}
-    return load_mlm(student, tokenizer, overrides)
+    return load_mlm(student, tokenizer, overrides, init=init)
 
 
 def _once(out: Path, cfg: DistillConfig, run) -> dict:
@@ -714,7 +715,7 @@ def distill_general(teacher: str | list, student: str, data: str | Path, out: st
         net = init_from_teacher_layers(teachers[0], layers, **cfg.overrides)
         s_init = {"init": f"teacher layers {layers} of {names[0]}"}
     else:
-        net, s_init = _load_student(str(student), tokenizer, cfg.overrides)
+        net, s_init = _load_student(str(student), tokenizer, cfg.overrides, init=cfg.init)
     t_shape, s_shape = Shape.of(teachers[0]), Shape.of(net)
     matches = resolve_matches("hidden-uniform" if cfg.matches is None else cfg.matches, t_shape, s_shape)
     objective = GeneralDistillObjective(teachers, net, cfg, matches=matches)
