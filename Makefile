@@ -25,3 +25,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/distill.py
 	$(PY) benchmarks/distill_quality.py
 	$(PY) benchmarks/speed.py
+	$(PY) benchmarks/serve.py
