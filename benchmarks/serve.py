@@ -29,7 +29,7 @@ batched call is reported next to it as a reference); p99 <= 20 ms at 50 requests
 cores with the server (reported), ST runs alone.  About 3-4 minutes on 2 cores:
 
     python benchmarks/serve.py          # --quick (10 s phases); --clients 32 --duration 30 --rate 50
-                                        # --open-duration 60 --threads 2 --max-batch 32 --max-wait-ms 5
+                                        # --open-duration 60 --threads 2 --max-batch 32 --max-wait-ms 0
 
 Results: `benchmarks/results/serve.json` and `serve.md` (`serve_quick.*` with --quick).
 """
@@ -573,9 +573,13 @@ def parse_args(argv=None):
     ap.add_argument("--sentences", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=0, help="model threads on both sides (default: all CPUs)")
     ap.add_argument("--max-batch", type=int, default=32)
-    ap.add_argument("--max-wait-ms", type=float, default=5.0)
+    ap.add_argument("--max-wait-ms", type=float, default=None, help="default: qingbert serve's own (ServeConfig)")
     ap.add_argument("--st-child", nargs=4, metavar=("ST_DIR", "SENTENCES", "THREADS", "SECONDS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.max_wait_ms is None:
+        from qingbert.serve import ServeConfig
+
+        args.max_wait_ms = ServeConfig().max_wait_ms
     q = args.quick
     for name, full, quick in (("duration", 30, 10), ("warmup", 5, 2), ("open_duration", 60, 10),
                               ("open_warmup", 5, 2), ("st_seconds", 20, 5)):

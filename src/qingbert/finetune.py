@@ -127,8 +127,25 @@ class PadCollator:
         return batch
 
 
-def encode_examples(examples, tokenizer, label2id: dict, max_len: int):
-    """Tokenize text (and text_b) examples into a ``datasets.Dataset``; unlabelled rows get label -100."""
+class Rows:
+    """Columns in memory with the two reads :func:`run_model` makes (``rows["col"]``, ``rows[[i, j]]``): for
+    inference on a few texts, where building a ``datasets.Dataset`` per call would cost more than the model."""
+
+    def __init__(self, columns: dict):
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()), []))
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return self.columns[key]
+        return {k: [v[i] for i in key] for k, v in self.columns.items()}
+
+
+def encode_examples(examples, tokenizer, label2id: dict, max_len: int, in_memory: bool = False):
+    """Tokenize text (and text_b) examples into a ``datasets.Dataset`` (or, with ``in_memory``, :class:`Rows`);
+    unlabelled rows get label -100."""
     from datasets import Dataset
 
     from .corpus import clean_text
@@ -138,8 +155,9 @@ def encode_examples(examples, tokenizer, label2id: dict, max_len: int):
     enc = tokenizer(a, b, truncation=True, max_length=max_len)
     types = enc["token_type_ids"] if "token_type_ids" in enc else [[0] * len(x) for x in enc["input_ids"]]
     truncated = sum(len(x) >= max_len for x in enc["input_ids"])
-    ds = Dataset.from_dict({"input_ids": enc["input_ids"], "token_type_ids": types,
-                            "label": [label2id[e.label] if e.label is not None else -100 for e in examples]})
+    columns = {"input_ids": enc["input_ids"], "token_type_ids": types,
+               "label": [label2id[e.label] if e.label is not None else -100 for e in examples]}
+    ds = Rows(columns) if in_memory else Dataset.from_dict(columns)
     return ds, {"examples": len(examples), "truncated_to_max_len": int(truncated)}
 
 

@@ -329,8 +329,8 @@ class Model:
             if not isinstance(t, str):
                 raise QingbertError(f"input {i}: encode() takes texts (strings)")
         examples = [TextExample(id=i, text=t) for i, t in enumerate(items)]
-        ds, _ = encode_examples(examples, self.tokenizer, {}, self.cfg.max_len)
-        ds = ds.remove_columns(["label"])
+        ds, _ = encode_examples(examples, self.tokenizer, {}, self.cfg.max_len, in_memory=True)
+        del ds.columns["label"]
         collate = _EncoderCollator(self.tokenizer.pad_token_id)
         from .finetune import run_model
 
