@@ -266,6 +266,19 @@ def expand_sources(sources: Iterable[str], stats: Stats) -> list[str]:
     return out
 
 
+def read_utf8(path: str | Path, what: str = "file") -> str:
+    """A whole UTF-8 text file (a BOM is dropped); an unreadable or non-UTF-8 file is a clear error naming it."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise QingbertError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise QingbertError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def read_file(path: str, stats: Stats, text_field: str = "text") -> Iterator[tuple[str, None]]:
     """Yield the raw texts of one .txt/.jsonl(.gz) file; bad lines are counted in ``stats``."""
     p = Path(path)

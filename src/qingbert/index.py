@@ -62,14 +62,9 @@ def read_corpus(path: str | Path) -> tuple[list[str], list[int], list[int]]:
     path = Path(path)
     if not path.is_file():
         raise QingbertError(f"no such corpus file '{path}'", hint="give a text file with one text per line")
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise QingbertError(f"{path}: cannot read the corpus ({e.strerror})") from None
-    try:
-        content = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise QingbertError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    from .corpus import read_utf8
+
+    content = read_utf8(path, "corpus")
     texts, lines, empty = [], [], []
     for n, line in enumerate(content.splitlines(), start=1):
         text = line.strip()
@@ -79,7 +74,7 @@ def read_corpus(path: str | Path) -> tuple[list[str], list[int], list[int]]:
         else:
             empty.append(n)
     if not texts:
-        what = "is empty" if not raw else f"has no text ({len(empty)} empty lines)"
+        what = "is empty" if not content else f"has no text ({len(empty)} empty lines)"
         raise QingbertError(f"corpus file '{path}' {what}", hint="one text per line")
     return texts, lines, empty
 

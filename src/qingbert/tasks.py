@@ -144,14 +144,9 @@ def _read_jsonl(path: Path, task: Task):
 
 
 def _read_json(path: Path):
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise QingbertError(f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise QingbertError(f"{path}: not UTF-8 (byte {e.start})") from None
+    from .corpus import read_utf8
+
+    text = read_utf8(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
