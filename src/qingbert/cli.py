@@ -543,21 +543,12 @@ def _run_distill(args: argparse.Namespace) -> None:
 
 
 def _run_predict(args) -> None:
-    texts = list(args.text or [])
-    if args.input:
-        from pathlib import Path
+    from .corpus import input_lines
 
-        if args.input == "-":
-            texts += [line.rstrip("\n") for line in sys.stdin]
-        else:
-            path = Path(args.input)
-            if not path.is_file():
-                raise QingbertError(f"no such input file '{args.input}'")
-            try:
-                texts += [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8-sig").splitlines()]
-            except UnicodeDecodeError as e:
-                raise QingbertError(f"{args.input}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        texts = [t for t in texts if t.strip()]
+    texts, empty = input_lines(args.text, args.input)
+    if empty:
+        print(f"note: skipped {empty} empty lines of {args.input}", file=sys.stderr)
+    texts = [t for t in texts if t.strip()]
     if args.task is None and not texts:
         raise QingbertError("nothing to predict: give --task (a task split) or --text / --input")
     if args.task is not None:

@@ -279,6 +279,23 @@ def read_utf8(path: str | Path, what: str = "file") -> str:
         raise QingbertError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
+def input_lines(texts: list | None, path: str | None) -> tuple[list[str], int]:
+    """Command-line inputs: the ``--text`` values plus one text per line of ``--input`` (a file, or ``-`` for
+    stdin); returns ``(texts, empty)`` with ``empty`` the number of blank input lines (kept: callers decide)."""
+    import sys
+
+    out = list(texts or [])
+    lines: list[str] = []
+    if path:
+        if path == "-":
+            lines = sys.stdin.read().splitlines()
+        elif not Path(path).is_file():
+            raise QingbertError(f"no such input file '{path}'")
+        else:
+            lines = read_utf8(path, "input file").splitlines()
+    return out + lines, sum(1 for t in lines if not t.strip())
+
+
 def read_file(path: str, stats: Stats, text_field: str = "text") -> Iterator[tuple[str, None]]:
     """Yield the raw texts of one .txt/.jsonl(.gz) file; bad lines are counted in ``stats``."""
     p = Path(path)

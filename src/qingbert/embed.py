@@ -1221,24 +1221,11 @@ def add_cli(subparsers) -> None:
 
 
 def _read_inputs(args) -> list[str]:
-    import sys
+    from .corpus import input_lines
 
-    texts = list(args.text or [])
-    if args.input:
-        if args.input == "-":
-            lines = sys.stdin.read().splitlines()
-        else:
-            path = Path(args.input)
-            if not path.is_file():
-                raise QingbertError(f"no such input file '{args.input}'")
-            try:
-                lines = path.read_text(encoding="utf-8-sig").splitlines()
-            except UnicodeDecodeError as e:
-                raise QingbertError(f"{args.input}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        empty = sum(1 for t in lines if not t.strip())
-        if empty:
-            print(f"note: {args.input} has {empty} empty lines, encoded as empty texts (one row per line)")
-        texts += lines
+    texts, empty = input_lines(args.text, args.input)
+    if empty:
+        print(f"note: {args.input} has {empty} empty lines, encoded as empty texts (one row per line)")
     if not texts:
         raise QingbertError("nothing to encode: give --text or --input")
     return texts
