@@ -11,6 +11,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
+from qingbert.corpus import clean_text
 from qingbert.embed import (SentenceEncoder, TruncationWarning, add_cli, cosent_loss, evaluate_sts,
                             fit_whitening, folder_settings, info_nce, run_cli, train_simcse, whiten_model)
 from qingbert.errors import QingbertError
@@ -80,8 +81,8 @@ def hf(bert_dir):
     model = BertModel.from_pretrained(str(bert_dir)).eval()
     tok = load_tokenizer(str(bert_dir))
 
-    def run(text, text_b=None):
-        enc = tok(text, text_b, return_tensors="pt")
+    def run(text, text_b=None):  # the encoder cleans texts as the training corpus was cleaned
+        enc = tok(clean_text(text), None if text_b is None else clean_text(text_b), return_tensors="pt")
         with torch.no_grad():
             res = model(**enc, output_hidden_states=True)
         return res, enc
@@ -307,10 +308,13 @@ print("ok")
 def test_folders_load_in_sentence_transformers_without_qingbert(simcse_dir, whitened_dir, bert_dir, sentences,
                                                                 tmp_path):
     texts = sentences[:40] + TEXTS
+    assert any(clean_text(t) != t for t in texts)  # full-width characters: what cleaning changes
     shutil.copytree(simcse_dir[0], tmp_path / "simcse")
     shutil.copytree(whitened_dir[0], tmp_path / "white")
     shutil.copytree(bert_dir, tmp_path / "bert")
-    (tmp_path / "texts.json").write_text(json.dumps(texts, ensure_ascii=False), encoding="utf-8")
+    # sentence-transformers tokenizes what it is given: hand it the texts cleaned, as qingbert cleans them
+    (tmp_path / "texts.json").write_text(json.dumps([clean_text(t) for t in texts], ensure_ascii=False),
+                                         encoding="utf-8")
     p = run_without_qingbert(ST_CODE, tmp_path)
     assert p.returncode == 0 and "ok" in p.stdout, p.stderr[-3000:]
     ours = SentenceEncoder(simcse_dir[0]).encode(texts)
@@ -320,6 +324,9 @@ def test_folders_load_in_sentence_transformers_without_qingbert(simcse_dir, whit
     back = SentenceEncoder(tmp_path / "st_cls")  # sentence-transformers' own layout, read by qingbert
     assert back.pooling == "cls" and back.normalize and back.max_len == 64
     np.testing.assert_allclose(back.encode(texts), np.load(tmp_path / "st_cls.npy"), atol=1e-5)
+    raw = SentenceEncoder(simcse_dir[0], clean=False)  # texts as given, as sentence-transformers takes them
+    np.testing.assert_allclose(raw.encode([clean_text(t) for t in texts]), ours, atol=1e-5)
+    assert not np.allclose(raw.encode(texts), ours, atol=1e-5)
 
 
 def test_onnx_backend_for_last_layer_pooling(bert_dir, tmp_path):

@@ -151,3 +151,34 @@ def test_cli_build_and_query(tiny_model, corpus, tmp_path, capsys):
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert len(rows) == 4 and rows[0]["query"] == query and rows[0]["rank"] == 1
     assert rows[0]["text"] == query and rows[0]["id"] == 12 and rows[2]["id"] == 1
+
+
+def test_jsonl_corpus_keeps_fields_and_names_bad_lines(tiny_model, corpus, model, tmp_path):
+    texts = corpus[1][:6]
+    rows = [json.dumps({"doc": f"d{i}", "body": t, "stars": i}, ensure_ascii=False) for i, t in enumerate(texts)]
+    rows.insert(2, json.dumps({"doc": "empty", "body": "  "}))
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(rows) + "\n\n", encoding="utf-8")
+    r = build_index(tiny_model, path, tmp_path / "ix", model=model, progress=False, text_field="body")
+    assert r["count"] == 6 and r["skipped"]["empty_lines"] == 2 and r["skipped"]["first_empty_lines"] == [3, 8]
+    assert r["text_field"] == "body"
+    [[hit, *_]] = load_index(tmp_path / "ix", encoder=model).search([texts[4]], k=2)
+    assert hit["text"] == texts[4] and hit["fields"] == {"doc": "d4", "stars": 4}
+    bad = tmp_path / "bad.jsonl"
+    for content, message in (('{"text": "好"}\n{"text": \n', r"bad.jsonl:2: not valid JSON"),
+                             ('["好"]\n', r"bad.jsonl:1: a JSON list, not an object"),
+                             ('{"text": "好"}\n{"title": "x"}\n', r"bad.jsonl:2: no 'text' field \(fields: title\)"),
+                             ('{"text": 3}\n', r"bad.jsonl:1: 'text' is a int, not a string")):
+        bad.write_text(content, encoding="utf-8")
+        with pytest.raises(QingbertError, match=message):
+            build_index(tiny_model, bad, tmp_path / "never", model=model, progress=False)
+    assert not (tmp_path / "never").exists()
+
+
+def test_full_width_text_is_cleaned_like_the_training_text(model):
+    """A vocabulary built from cleaned text has no full-width comma: encoding cleans first (no [UNK] for '，')."""
+    full, half = "质量很好，物流也快！ＯＫ", "质量很好,物流也快!OK"
+    np.testing.assert_allclose(embed(model, [full]), embed(model, [half]), atol=1e-6)
+    enc = model.sentence_encoder("mean")
+    enc.encode([full, half])
+    assert enc.last_lengths[0] == enc.last_lengths[1] == len(model.tokenizer(half)["input_ids"])

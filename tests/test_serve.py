@@ -204,18 +204,23 @@ def test_metrics_counters_increase(enc_url):
         before = c.get(enc_url + "/metrics")
         assert c.post(enc_url + "/encode", json={"texts": TEXTS[:3]}).status_code == 200
         assert c.post(enc_url + "/encode", json={"texts": []}).status_code == 422
+        assert c.post(enc_url + "/encode", json={"texts": ["好" * 190]}).status_code == 200  # > 128 tokens: cut
         after = c.get(enc_url + "/metrics")
     assert before.headers["content-type"].startswith("text/plain")
     a, b = before.text, after.text
     assert "# TYPE qingbert_batch_texts histogram" in b and "# TYPE qingbert_requests_total counter" in b
     assert _metric(b, "qingbert_requests_total", route="/encode", status=200) == \
-        _metric(a, "qingbert_requests_total", route="/encode", status=200) + 1
+        _metric(a, "qingbert_requests_total", route="/encode", status=200) + 2
     assert _metric(b, "qingbert_requests_total", route="/encode", status=422) == \
         _metric(a, "qingbert_requests_total", route="/encode", status=422) + 1
-    assert _metric(b, "qingbert_texts_total", op="encode") == _metric(a, "qingbert_texts_total", op="encode") + 3
+    assert _metric(b, "qingbert_texts_total", op="encode") == _metric(a, "qingbert_texts_total", op="encode") + 4
     assert _metric(b, "qingbert_requests_total", route="/metrics", status=200) >= 1
     assert _metric(b, "qingbert_batch_texts_count", op="encode") > _metric(a, "qingbert_batch_texts_count", op="encode")
     assert 'qingbert_queue_texts{op="encode"} 0' in b and f"qingbert_index_size {len(TEXTS)}" in b
+    import os
+
+    assert f'qingbert_process_info{{pid="{os.getpid()}"}} 1' in b  # the test server runs in this process
+    assert _metric(b, "qingbert_texts_truncated_total") == _metric(a, "qingbert_texts_truncated_total") + 1
 
 
 # ---------------------------------------------------------------------------

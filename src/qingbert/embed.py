@@ -21,8 +21,11 @@ Which poolings sentence-transformers can express: ``mean``, ``cls``, ``max`` and
 other than -1 and ``NONE`` cannot be; such folders are written without ``modules.json`` (our encoder still
 loads them from ``manifest.json``), and the result says so.
 
-Texts are tokenized as given (no clean-up of full-width characters etc.), exactly as sentence-transformers
-does, so both give the same vectors.
+Texts are cleaned before tokenizing exactly as the training corpus was (:func:`qingbert.corpus.clean_text`:
+full-width ASCII to half-width, control characters out), as :meth:`qingbert.inference.Model.predict` does: a
+vocabulary built from cleaned text has no full-width comma, so raw ``，`` would be ``[UNK]``.  sentence-transformers
+tokenizes the raw text, so the two give the same vectors on text without full-width characters (or with
+``clean=False``); clean the texts with ``clean_text`` before handing them to sentence-transformers.
 """
 
 from __future__ import annotations
@@ -335,7 +338,10 @@ class SentenceEncoder:
     ``max_len=None``: the folder's ``max_seq_length``, else the model's limit (at most 512 tokens).
     ``truncation``: ``"warn"`` (count the texts longer than ``max_len``, warn once per call with the count,
     keep it in :attr:`last_truncated`) or ``"raise"`` (a :class:`~qingbert.errors.QingbertError` instead).
-    ``whitening=False`` ignores a whitening (Dense) module the folder holds.
+    ``whitening=False`` ignores a whitening (Dense) module the folder holds.  ``clean=False`` tokenizes texts as
+    given (as sentence-transformers does) instead of cleaning them like the training text.  After each
+    :meth:`encode`, :attr:`last_lengths` holds every text's token count (after truncation).  ``runner``: an
+    already opened backend of this folder (e.g. :class:`qingbert.inference.Model`'s), so no second copy loads.
 
     Backends: ``mean``, ``cls``, ``max``, ``mean-max`` and ``none`` of the last layer run on any backend of
     :func:`qingbert.inference.open_backend` (``backend=None``: the fastest the folder has, as
@@ -346,7 +352,7 @@ class SentenceEncoder:
 
     def __init__(self, model_dir: str | Path, pooling: str | None = None, pooling_layer: int | None = None,
                  max_len: int | None = None, backend: str | None = None, threads: int = 0,
-                 truncation: str = "warn", whitening: bool = True):
+                 truncation: str = "warn", whitening: bool = True, clean: bool = True, runner=None):
         from .vocab import load_tokenizer
 
         self.folder = Path(model_dir)
@@ -387,10 +393,14 @@ class SentenceEncoder:
                 raise QingbertError(f"{self.model_root}: the model has no trained pooler (a masked-LM checkpoint)",
                                     hint="use cls or mean pooling")
             self.runner = HiddenStatesRunner(self.model_root, threads)
+        elif runner is not None:
+            self.runner = runner
         else:
             self.runner = open_backend(self.model_root, backend, threads, describe(self.model_root))
         self.backend = self.runner.name
+        self.clean = clean
         self.last_truncated = 0
+        self.last_lengths: list[int] = []
 
     def __repr__(self) -> str:
         return (f"qingbert.SentenceEncoder({str(self.folder)!r}, pooling={self.pooling!r}, "
@@ -441,6 +451,9 @@ class SentenceEncoder:
 
     # -- tokenization ------------------------------------------------------------
     def _split(self, items: list) -> list[tuple[str, str | None]]:
+        from .corpus import clean_text
+
+        tidy = clean_text if self.clean else (lambda t: t)
         out = []
         for i, x in enumerate(items):
             if not isinstance(x, str):
@@ -448,9 +461,9 @@ class SentenceEncoder:
                                     hint="write a sentence pair as 'text_a ||| text_b'")
             if PAIR_SEPARATOR.strip() in x:
                 a, _, b = x.partition(PAIR_SEPARATOR.strip())
-                out.append((a.strip(), b.strip()))
+                out.append((tidy(a.strip()), tidy(b.strip())))
             else:
-                out.append((x, None))
+                out.append((tidy(x), None))
         return out
 
     def _tokenize(self, texts: list[tuple[str, str | None]]) -> tuple[list, list, list[int]]:
@@ -507,11 +520,13 @@ class SentenceEncoder:
         tokens_out: list = [None] * n
         vecs = None if self.pooling == "none" else np.zeros((n, self.dimension), dtype=np.float32)
         truncated: list[int] = []
+        lengths: list[int] = []
         try:
             for lo in range(0, n, TOKENIZE_CHUNK):
                 chunk = texts[lo:lo + TOKENIZE_CHUNK]
                 ids, types, cut = self._tokenize(chunk)
                 truncated += [lo + i for i in cut]
+                lengths += [len(x) for x in ids]
                 if truncated and mode == "raise":
                     self.last_truncated = len(truncated)
                     raise QingbertError(f"input {truncated[0]} is longer than max_len={self.max_len} tokens "
@@ -530,6 +545,7 @@ class SentenceEncoder:
         finally:
             bar.close()
         self.last_truncated = len(truncated)
+        self.last_lengths = lengths
         if truncated:
             warnings.warn(f"{len(truncated)} of {n} texts were longer than max_len={self.max_len} tokens and "
                           f"were truncated (first: input {truncated[0]})", TruncationWarning, stacklevel=2)

@@ -32,7 +32,7 @@ from .manifest import read_manifest, write_manifest
 FORMAT = "qingbert.index/1"
 INDEX_FILE = "index.faiss"
 TEXTS_FILE = "texts.jsonl"
-POOLINGS = ("mean", "cls")
+POOLINGS = ("mean", "cls", "max", "mean-max")  # last-layer poolings (qingbert.inference.Model.encode)
 DEFAULT_NPROBE = 16  # IVF lists visited per query (faiss's own default, 1, misses too much)
 CHUNK = 1024  # texts encoded between two progress-bar updates
 
@@ -53,30 +53,62 @@ def embed(model, texts: list[str], batch_size: int = 64, pooling: str = "mean", 
 # the corpus
 
 
-def read_corpus(path: str | Path) -> tuple[list[str], list[int], list[int]]:
-    """``(texts, line_numbers, empty_lines)`` of a text file with one text per line.
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
-    Lines are stripped of surrounding whitespace; empty lines are not indexed but their (1-based) numbers are
-    returned, so the caller can report them.  A missing, unreadable, non-UTF-8 or textless file is a clear error
-    naming it."""
+
+def read_corpus(path: str | Path, text_field: str = "text") -> tuple[list[str], list[int], list[int]]:
+    """``(texts, line_numbers, empty_lines)`` of a corpus file (see :func:`read_documents`)."""
+    texts, lines, empty, _ = read_documents(path, text_field)
+    return texts, lines, empty
+
+
+def read_documents(path: str | Path, text_field: str = "text") -> tuple[list[str], list[int], list[int], list]:
+    """``(texts, line_numbers, empty_lines, fields)`` of a text file with one text per line, or of a JSON-lines
+    file (``.jsonl`` / ``.ndjson``) with one object per line whose ``text_field`` is the text.
+
+    Lines are stripped of surrounding whitespace; empty lines (and JSON objects with an empty text) are not
+    indexed but their (1-based) numbers are returned, so the caller can report them.  ``fields`` holds, per text,
+    the other members of its JSON object (``{}`` for plain text), kept with the index and returned with hits.  A
+    missing, unreadable, non-UTF-8 or textless file, or a JSON line that is not an object with a string
+    ``text_field``, is a clear error naming the file and line."""
     path = Path(path)
     if not path.is_file():
-        raise QingbertError(f"no such corpus file '{path}'", hint="give a text file with one text per line")
+        raise QingbertError(f"no such corpus file '{path}'",
+                            hint="give a text file with one text per line, or a .jsonl file of {\"text\": ...}")
     from .corpus import read_utf8
 
     content = read_utf8(path, "corpus")
-    texts, lines, empty = [], [], []
+    jsonl = path.suffix.lower() in JSONL_SUFFIXES
+    texts, lines, empty, fields = [], [], [], []
     for n, line in enumerate(content.splitlines(), start=1):
-        text = line.strip()
-        if text:
-            texts.append(text)
+        raw = line.strip()
+        extra = {}
+        if jsonl and raw:
+            try:
+                rec = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise QingbertError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})",
+                                    hint="one JSON object per line") from None
+            if not isinstance(rec, dict):
+                raise QingbertError(f"{path}:{n}: a JSON {type(rec).__name__}, not an object",
+                                    hint=f'one object per line, e.g. {{"{text_field}": "..."}}')
+            if text_field not in rec:
+                raise QingbertError(f"{path}:{n}: no '{text_field}' field (fields: {', '.join(sorted(rec)) or 'none'})",
+                                    hint="name the text field with --text-field")
+            if not isinstance(rec[text_field], str):
+                raise QingbertError(f"{path}:{n}: '{text_field}' is a {type(rec[text_field]).__name__}, not a string")
+            raw = rec[text_field].strip()
+            extra = {k: v for k, v in rec.items() if k != text_field}
+        if raw:
+            texts.append(raw)
             lines.append(n)
+            fields.append(extra)
         else:
             empty.append(n)
     if not texts:
         what = "is empty" if not content else f"has no text ({len(empty)} empty lines)"
         raise QingbertError(f"corpus file '{path}' {what}", hint="one text per line")
-    return texts, lines, empty
+    return texts, lines, empty, fields
 
 
 # ---------------------------------------------------------------------------
@@ -167,8 +199,8 @@ def _encode_all(model, texts: list[str], batch_size: int, pooling: str, progress
 
 def build_index(model_dir: str | Path, corpus: str | Path, out: str | Path, factory: str = "Flat",
                 batch_size: int = 64, pooling: str = "mean", backend: str | None = None, overwrite: bool = False,
-                progress: bool = True, model=None) -> dict:
-    """Encode every line of ``corpus`` with the model in ``model_dir`` and write a faiss index folder ``out``.
+                progress: bool = True, model=None, text_field: str = "text") -> dict:
+    """Encode every text of ``corpus`` (one per line, or ``.jsonl`` objects: :func:`read_documents`) with the model in ``model_dir`` and write a faiss index folder ``out``.
 
     ``factory`` is a faiss index-factory string (``Flat``: exact; ``HNSW32``: graph, fast and no training;
     ``IVF<n>,Flat`` / ``IVF<n>,PQ<m>``: trained on the corpus itself, so it needs at least ``n`` texts).
@@ -180,7 +212,7 @@ def build_index(model_dir: str | Path, corpus: str | Path, out: str | Path, fact
         raise QingbertError(f"batch size must be at least 1, got {batch_size}")
     out = Path(out)
     t0 = time.perf_counter()
-    texts, lines, empty = read_corpus(corpus)
+    texts, lines, empty, fields = read_documents(corpus, text_field)
     _check_out(out, overwrite)
     if model is None:
         from .inference import load
@@ -197,13 +229,15 @@ def build_index(model_dir: str | Path, corpus: str | Path, out: str | Path, fact
         (out / stale).unlink(missing_ok=True)
     _faiss().write_index(index, str(out / INDEX_FILE))
     with open(out / TEXTS_FILE, "w", encoding="utf-8") as fh:
-        for i, (line, text) in enumerate(zip(lines, texts)):
-            fh.write(json.dumps({"id": i, "line": line, "text": text}, ensure_ascii=False) + "\n")
+        for i, (line, text, extra) in enumerate(zip(lines, texts, fields)):
+            rec = {"id": i, "line": line, "text": text, **({"fields": extra} if extra else {})}
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
     record = {
         "format": FORMAT,
         "model": str(Path(model_dir).resolve()),
         "backend": getattr(model, "backend", None),
         "corpus": str(Path(corpus).resolve()),
+        "text_field": text_field if Path(corpus).suffix.lower() in JSONL_SUFFIXES else None,
         "factory": factory,
         "metric": "inner_product",
         "pooling": pooling,
@@ -253,9 +287,12 @@ class SemanticIndex:
 
     def _read_texts(self) -> dict[int, str]:
         texts = {}
+        self.fields: dict[int, dict] = {}
         with open(self.folder / TEXTS_FILE, encoding="utf-8") as fh:
             for rec in map(json.loads, fh):
                 texts[int(rec["id"])] = rec["text"]
+                if rec.get("fields"):
+                    self.fields[int(rec["id"])] = rec["fields"]
         return texts
 
     def __len__(self) -> int:
@@ -283,7 +320,8 @@ class SemanticIndex:
         return embed(self._encoder, texts, pooling=self.pooling)
 
     def search(self, queries, k: int = 5) -> list[list[dict]]:
-        """Top-``k`` hits per query: ``[[{"id", "text", "score"}, ...], ...]``, best first (score = cosine).
+        """Top-``k`` hits per query: ``[[{"id", "text", "score"}, ...], ...]``, best first (score = cosine); hits
+        of a ``.jsonl`` corpus also carry ``fields``, the other members of the text's JSON object.
 
         ``queries``: a list of texts (a single ``str`` is one query), or an ``(n, dim)`` / ``(dim,)`` array of
         vectors (normalised here, as the indexed ones are)."""
@@ -310,7 +348,8 @@ class SemanticIndex:
             return []
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         scores, ids = self.index.search(x, min(k, len(self)))
-        return [[{"id": int(i), "text": self.texts[int(i)], "score": float(s)}
+        return [[{"id": int(i), "text": self.texts[int(i)], "score": float(s),
+                  **({"fields": self.fields[int(i)]} if int(i) in self.fields else {})}
                  for i, s in zip(row_ids, row_scores) if i >= 0]
                 for row_ids, row_scores in zip(ids, scores)]
 
@@ -335,7 +374,9 @@ def add_cli(subparsers) -> None:
                        description="encode a corpus (one text per line) and write an index folder: index.faiss, "
                                    "texts.jsonl, manifest.json")
     b.add_argument("--model", required=True, help="model folder (any qingbert.load folder)")
-    b.add_argument("--corpus", required=True, help="UTF-8 text file, one text per line (empty lines are skipped)")
+    b.add_argument("--corpus", required=True, help="UTF-8 text file, one text per line (empty lines are skipped), "
+                                                    "or a .jsonl file of objects with a text field")
+    b.add_argument("--text-field", default="text", help="the text field of a .jsonl corpus (default text)")
     b.add_argument("--out", required=True, help="index folder to write")
     b.add_argument("--factory", default="Flat",
                    help="faiss index factory string: Flat (exact, default), HNSW32, IVF<lists>,Flat, IVF<lists>,PQ<m>")
@@ -358,7 +399,8 @@ def run_cli(args) -> int:
     """Run ``qingbert index build|query`` from parsed arguments; returns the exit status."""
     if args.index_verb == "build":
         r = build_index(args.model, args.corpus, args.out, factory=args.factory, batch_size=args.batch_size,
-                        pooling=args.pooling, backend=args.backend, overwrite=args.overwrite)
+                        pooling=args.pooling, backend=args.backend, overwrite=args.overwrite,
+                        text_field=args.text_field)
         skipped = r["skipped"]["empty_lines"]
         print(f"wrote {args.out}: {r['count']} texts, dim {r['dim']}, {r['factory']}, "
               f"{skipped} empty line{'s' if skipped != 1 else ''} skipped, {r['seconds']['total']:.1f} s")
@@ -375,5 +417,5 @@ def run_cli(args) -> int:
     return 0
 
 
-__all__ = ["build_index", "load_index", "SemanticIndex", "embed", "read_corpus", "new_index", "train_index",
+__all__ = ["build_index", "load_index", "SemanticIndex", "embed", "read_corpus", "read_documents", "new_index", "train_index",
            "add_cli", "run_cli", "FORMAT", "INDEX_FILE", "TEXTS_FILE"]

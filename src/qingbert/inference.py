@@ -315,34 +315,31 @@ class Model:
     def encode(self, texts, batch_size: int = 32, pooling: str = "mean", normalize: bool = False) -> np.ndarray:
         """Sentence vectors: a ``str`` gives a 1-D float32 array, a list an ``(n, hidden)`` one.
 
-        ``pooling``: ``mean`` (over real tokens, [CLS]/[SEP] included) or ``cls``."""
-        from .finetune import encode_examples
-        from .tasks import TextExample
-
-        if pooling not in ("mean", "cls"):
-            raise QingbertError(f"unknown pooling '{pooling}'", hint="mean or cls")
+        The work is :class:`qingbert.embed.SentenceEncoder`'s on this model's backend (one encoder in qingbert):
+        ``pooling`` is any last-layer pooling it has (``mean`` over real tokens, [CLS]/[SEP] included, ``cls``,
+        ``max``, ``mean-max``); texts are cleaned like the training text and cut at ``max_len`` tokens, counted
+        and warned about (:attr:`last_lengths` / :attr:`last_truncated` of :meth:`sentence_encoder`)."""
+        enc = self.sentence_encoder(pooling)
         single = isinstance(texts, str)
         items = [texts] if single else list(texts)
         if not items:
-            return np.zeros((0, self._width()), dtype=np.float32)
-        for i, t in enumerate(items):
-            if not isinstance(t, str):
-                raise QingbertError(f"input {i}: encode() takes texts (strings)")
-        examples = [TextExample(id=i, text=t) for i, t in enumerate(items)]
-        ds, _ = encode_examples(examples, self.tokenizer, {}, self.cfg.max_len, in_memory=True)
-        del ds.columns["label"]
-        collate = _EncoderCollator(self.tokenizer.pad_token_id)
-        from .finetune import run_model
-
-        out = run_model(self.runner, ds, collate, (HIDDEN,), batch_size=batch_size, token_level=True)[HIDDEN]
-        vecs = np.stack([h.mean(0) if pooling == "mean" else h[0] for h in out]).astype(np.float32)
-        if normalize:
-            vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+            return np.zeros((0, enc.dimension), dtype=np.float32)
+        vecs = enc.encode(items, batch_size=batch_size, normalize_embeddings=normalize)
         return vecs[0] if single else vecs
 
-    def _width(self) -> int:
-        config = json.loads((self.folder / "config.json").read_text(encoding="utf-8"))
-        return int(config.get("hidden_size") or config.get("d_model") or 0)
+    def sentence_encoder(self, pooling: str = "mean"):
+        """The :class:`qingbert.embed.SentenceEncoder` of this model for ``pooling``, sharing its backend."""
+        from .embed import NEEDS_TORCH, SentenceEncoder, canonical_pooling
+
+        name = canonical_pooling(pooling)
+        if name in NEEDS_TORCH or name == "none":
+            raise QingbertError(f"pooling '{pooling}' is not a sentence vector of the last layer",
+                                hint="mean, cls, max or mean-max; other poolings: qingbert.embed.SentenceEncoder")
+        cache = self.__dict__.setdefault("_encoders", {})
+        if name not in cache:
+            cache[name] = SentenceEncoder(self.folder, pooling=name, max_len=self.cfg.max_len, whitening=False,
+                                          runner=self.runner)
+        return cache[name]
 
 
 class _EncoderCollator:

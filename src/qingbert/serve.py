@@ -39,7 +39,10 @@ threads at once); the event loop never waits on the model.  A request larger tha
 own.  When a merged call fails, its requests are retried one by one, so a bad request fails alone.
 
 With ``--workers N > 1`` uvicorn starts N processes, each with its own model, batcher and metrics, from the factory
-``qingbert.serve:app_from_env`` (the configuration travels in the ``QINGBERT_SERVE`` environment variable).
+``qingbert.serve:app_from_env`` (the configuration travels in the ``QINGBERT_SERVE`` environment variable).  A
+``/metrics`` scrape then answers for the one process it reaches: every series of it is that process's, and
+``qingbert_process_info{pid="..."}`` (also ``pid`` in ``/health``) says which, so a collector keeps the processes
+apart and sums them.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the routes' annotations, and the request
@@ -99,7 +102,7 @@ class ServeConfig:
     api_key: str | None = None  # required on every route but /health and the docs when set
     backend: str | None = None  # torch, onnx, onnx-int8 (default: the fastest in the folder)
     threads: int = 0  # torch / ONNX Runtime threads (0: the library's default)
-    pooling: str | None = None  # mean or cls (default: the index's, else mean)
+    pooling: str | None = None  # mean, cls, max or mean-max (default: the index's, else mean)
     nprobe: int | None = None  # IVF lists visited per /search query (default: qingbert.index's)
 
     def check(self) -> "ServeConfig":
@@ -112,8 +115,10 @@ class ServeConfig:
             raise QingbertError(f"serve: max_wait_ms must be >= 0, got {self.max_wait_ms!r}")
         if not self.request_timeout_s > 0:
             raise QingbertError(f"serve: request_timeout_s must be > 0, got {self.request_timeout_s!r}")
-        if self.pooling not in (None, "mean", "cls"):
-            raise QingbertError(f"serve: unknown pooling '{self.pooling}'", hint="mean or cls")
+        from .index import POOLINGS
+
+        if self.pooling not in (None, *POOLINGS):
+            raise QingbertError(f"serve: unknown pooling '{self.pooling}'", hint=", ".join(POOLINGS))
         if self.api_key is not None and not self.api_key:
             raise QingbertError("serve: the API key is empty")
         return self
@@ -193,6 +198,7 @@ class Metrics:
         self.requests: Counter = Counter()  # (route, status) -> n
         self.latency: dict[str, Histogram] = {}
         self.texts: Counter = Counter()  # op -> texts run through the model
+        self.truncated = 0  # encoded texts cut at the model's max_len
         self.batch_texts: dict[str, Histogram] = {}
         self.batch_requests: dict[str, Histogram] = {}
         self.batch_seconds: dict[str, Histogram] = {}
@@ -222,6 +228,8 @@ class Metrics:
                 for ln in h.lines("qingbert_request_duration_seconds", {"route": r})])
         family("qingbert_texts_total", "counter", "Texts run through the model, by operation.",
                [f"qingbert_texts_total{_labels({'op': op})} {n}" for op, n in sorted(self.texts.items())])
+        family("qingbert_texts_truncated_total", "counter", "Encoded texts longer than max_len tokens, cut to it.",
+               [f"qingbert_texts_truncated_total {self.truncated}"])
         for name, what, hists in (("qingbert_batch_texts", "Texts per model call (micro-batch size).",
                                    self.batch_texts),
                                   ("qingbert_batch_requests", "Requests merged into one model call.",
@@ -633,6 +641,7 @@ class ServerState:
                                     hint="leave --pooling out to use the index's")
             pooling = self.index.pooling
         self.pooling = pooling or "mean"
+        self.metrics = Metrics()
         self.dim = int(self._encode(["测试"])[0][0].shape[0])  # also warms the model up
         if self.index is not None and self.index.dim != self.dim:
             raise QingbertError(f"serve: the index {index_dir} holds {self.index.dim}-dimensional vectors but the "
@@ -640,7 +649,6 @@ class ServerState:
         if self.index is not None and Path(self.index.manifest.get("model", "")) != self.model_dir.resolve():
             log.warning("index %s was built with %s, not %s", index_dir, self.index.manifest.get("model"),
                         self.model_dir)
-        self.metrics = Metrics()
         self.started = time.monotonic()
         self.executor: ThreadPoolExecutor | None = None
         self.encoder: Batcher | None = None
@@ -653,14 +661,17 @@ class ServerState:
 
         # the texts of a micro-batch arrive in any order; the encoder sorts them by length and runs sub-batches of
         # ENCODE_SUB_BATCH, so short texts are not padded to the longest one of the whole micro-batch
-        vecs = embed(self.model, texts, batch_size=min(ENCODE_SUB_BATCH, self.config.max_batch), pooling=self.pooling,
-                     normalize=False)
-        max_len = getattr(getattr(self.model, "cfg", None), "max_len", None)
-        from .corpus import clean_text  # what the model's own preprocessing does before tokenising
+        import warnings
 
-        ids = self.model.tokenizer([clean_text(t) for t in texts], truncation=max_len is not None,
-                                   max_length=max_len)["input_ids"]
-        return [(v, len(t)) for v, t in zip(vecs, ids)]
+        from .embed import TruncationWarning
+
+        with warnings.catch_warnings():  # counted in /metrics (qingbert_texts_truncated_total), not logged per batch
+            warnings.simplefilter("ignore", TruncationWarning)
+            vecs = embed(self.model, texts, batch_size=min(ENCODE_SUB_BATCH, self.config.max_batch),
+                         pooling=self.pooling, normalize=False)
+        enc = self.model.sentence_encoder(self.pooling)
+        self.metrics.truncated += enc.last_truncated
+        return list(zip(vecs, enc.last_lengths))  # token counts of that very call
 
     def _predict(self, items: list) -> list:
         return list(self.model.predict(items, batch_size=self.config.max_batch))
@@ -705,7 +716,7 @@ class ServerState:
                 "backend": self.model.backend, "dim": self.dim, "pooling": self.pooling,
                 "labels": list(self.model.labels or []) if self.model.kind != "encoder" else [], "index": index,
                 "index_size": len(self.index) if self.index is not None else 0,
-                "uptime_s": round(time.monotonic() - self.started, 3), "version": __version__}
+                "uptime_s": round(time.monotonic() - self.started, 3), "pid": os.getpid(), "version": __version__}
 
     def metrics_text(self) -> str:
         gauges = {
@@ -715,6 +726,8 @@ class ServerState:
                                     {(): len(self.index) if self.index is not None else 0}),
             "qingbert_uptime_seconds": ("Seconds since the server started.",
                                         {(): round(time.monotonic() - self.started, 3)}),
+            "qingbert_process_info": ("The server process these metrics are of (one per --workers process).",
+                                      {(("pid", str(os.getpid())),): 1}),
         }
         return self.metrics.render(gauges)
 
@@ -972,7 +985,7 @@ def add_cli(subparsers) -> None:
                    help=f"request body size (default {d.max_body_bytes})")
     p.add_argument("--backend", default=None, help="torch, onnx or onnx-int8 (default: the fastest in the folder)")
     p.add_argument("--threads", type=int, default=0, help="model threads per worker (default: the library's)")
-    p.add_argument("--pooling", default=None, choices=("mean", "cls"), help="default: the index's, else mean")
+    p.add_argument("--pooling", default=None, choices=("mean", "cls", "max", "mean-max"), help="default: the index's, else mean")
     p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     p.set_defaults(run_cli=run_cli)
 
