@@ -309,3 +309,26 @@ def test_document_mask_in_the_collator_and_pretraining(small_prepared, tmp_path)
                                                                           save_every=0))
     assert m["recipe"]["masking"]["document_mask"] and m["steps"] == 4
     assert m["init"]["initialisation"]["init"] == "local-attention" and m["eval_masking"] == 0.15
+
+
+def test_cli_electra_objective_writes_discriminator_and_generator(small_prepared, tmp_path):
+    """`pretrain --objective electra` through the command line: the manifest names the objective, the folder is
+    an ELECTRA discriminator with its generator beside it, and an unknown objective is refused first."""
+    import yaml
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY, "overrides": {"num_hidden_layers": 1, "hidden_size": 32,
+                                                            "intermediate_size": 64, "num_attention_heads": 2,
+                                                            "embedding_size": 32}}))
+    out = tmp_path / "electra"
+    r = cli("pretrain", "--model", "electra-small", "--data", str(small_prepared), "--out", str(out),
+            "--config", str(recipe), "--objective", "electra", "--generator-hidden", "16", "--max-steps", "3",
+            "--save-every", "0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "replaced-token detection" in r.stdout
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["objective"] == "electra" and m["recipe"]["electra"] == {"generator_hidden": 16}
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["ElectraForPreTraining"]
+    assert json.loads((out / "generator" / "config.json").read_text())["hidden_size"] == 16
+    with pytest.raises(QingbertError, match="unknown objective 'bert'.*available: wwm, macbert, electra"):
+        pretrain("minirbt-h256", small_prepared, tmp_path / "o", {**TINY, "objective": "bert"})

@@ -18,7 +18,8 @@ VERBS = {
     "zoo": "list the model zoo: shapes, parameter counts, hub ids",
     "prepare": "text sources -> cleaned, deduplicated, segmented, WWM-ready packed shards",
     "vocab": "build a BERT-style WordPiece vocabulary (vocab.txt + tokenizer.json)",
-    "pretrain": "whole-word-masking MLM pretraining (from scratch or continued) on prepared shards",
+    "pretrain": "pretraining on prepared shards (from scratch or continued): whole-word-masking MLM, MacBERT or "
+                "ELECTRA",
     "fill-mask": "show a masked-LM model's top fillers for each [MASK] in a text",
     "finetune": "fine-tune a model on a Chinese task (classification, pair, NER, MRC); dev scores + predictions",
     "predict": "predict texts (or a task split: CLUE / CMRC submission files) with any model folder, on its fastest "
@@ -108,6 +109,25 @@ def _add_task_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--id-col", default=None, help="generic task: column of the id")
 
 
+def _run_prompt(args: argparse.Namespace, recipe: dict) -> int:
+    """``finetune --prompt T --verbalizer V``: PET-style fine-tuning (:mod:`qingbert.prompt`)."""
+    if not (args.prompt and args.verbalizer):
+        raise QingbertError("--prompt and --verbalizer go together (and --train-examples needs them)",
+                            hint='e.g. --prompt "{text}。总之很[MASK]。" --verbalizer "1:好,0:差"; '
+                                 "--max-train-examples subsets the data for head fine-tuning")
+    from .prompt import format_prompt_scores, prompt_finetune
+
+    r = prompt_finetune(args.model, _task_from_args(args), args.out, args.data, template=args.prompt,
+                        verbalizer=args.verbalizer, config=recipe, train_examples=args.train_examples or 0)
+    _print_skips(r)
+    if "dev" in r:
+        print(f"dev: {format_prompt_scores(r)}")
+        done = "zero-shot (no training)" if r["zero_shot"] else f"{r['steps']} steps on {r['train_examples']} examples"
+        print(f"{done} in {r['elapsed_s']:.0f} s; wrote {args.out} (dev_metrics.json, predictions-dev.jsonl; "
+              "loads with transformers' AutoModelForMaskedLM)")
+    return 0
+
+
 def _task_from_args(args: argparse.Namespace):
     """A task name, or a Task read with the generic column mapping."""
     if args.task in ("classification", "pair"):
@@ -179,6 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--document-mask", action="store_true", default=None,
                    help="packed texts attend only to themselves (no attention across the texts of a sequence)")
     p.add_argument("--layers", type=int, default=None, help="for a zoo shape: number of layers (a smaller teacher)")
+    p.add_argument("--objective", default=None, choices=("wwm", "macbert", "electra"),
+                   help="wwm (whole-word-masking MLM, default), macbert (similar-word correction + n-grams, needs "
+                        "--similar-words) or electra (generator + replaced-token detection)")
+    p.add_argument("--similar-words", default=None, help="macbert: folder from `qingbert similar-words DATA`")
+    p.add_argument("--sop", action="store_true", default=None, help="macbert: add sentence-order prediction")
+    p.add_argument("--generator-hidden", type=int, default=None,
+                   help="electra: generator width (default a quarter of the discriminator's)")
+    p.add_argument("--disc-weight", type=float, default=None,
+                   help="electra: weight of the discriminator loss (default 50, as Chinese-ELECTRA)")
 
     p = sub.add_parser("fill-mask", help=VERBS["fill-mask"], description=VERBS["fill-mask"])
     p.add_argument("model", help="a model folder or hub id")
@@ -195,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
     _add_train_args(p, FINETUNE_FLAGS)
     p.add_argument("--layers", type=int, default=None, help="for random:<zoo name>: number of layers")
+    p.add_argument("--prompt", default=None, metavar="TEMPLATE",
+                   help="PET-style prompt fine-tuning through the MLM head: a template with one [MASK] and {text} "
+                        "({text_a} and {text_b} for pairs), e.g. '{text}。总之很[MASK]。'; --epochs 0 = zero-shot")
+    p.add_argument("--verbalizer", default=None,
+                   help="with --prompt: one single-token word per label, '1:好,0:差' or a JSON / YAML file")
+    p.add_argument("--train-examples", type=int, default=None,
+                   help="with --prompt: a few-shot sample of the training set (e.g. 32), stratified by label, "
+                        "drawn with --seed")
 
     p = sub.add_parser("predict", help=VERBS["predict"], description=VERBS["predict"] + (
         ". With --task: a split of the task -> a submission file; with --text / --input: one JSON result per line "
@@ -363,13 +400,23 @@ def run(args: argparse.Namespace) -> int:
             recipe["document_mask"] = True
         if args.layers:
             recipe.setdefault("overrides", {})["num_hidden_layers"] = args.layers
+        if args.objective:
+            recipe["objective"] = args.objective
+        for section, flag in (("macbert", "similar_words"), ("macbert", "sop"), ("electra", "generator_hidden"),
+                              ("electra", "disc_weight")):
+            if getattr(args, flag) is not None:
+                recipe.setdefault(section, {})[flag] = getattr(args, flag)
         m = pretrain(args.model, args.data, args.out, recipe)
         if m:
             b, a = m.get("eval_before") or {}, m.get("eval_after") or {}
             if a:
-                print(f"masked-token accuracy {100 * b.get('masked_accuracy', 0):.1f}% -> "
+                who = " (generator)" if m.get("objective") == "electra" else ""
+                print(f"masked-token accuracy{who} {100 * b.get('masked_accuracy', 0):.1f}% -> "
                       f"{100 * a['masked_accuracy']:.1f}%, perplexity {b.get('perplexity', float('nan')):.1f} -> "
                       f"{a['perplexity']:.1f}")
+                if "disc_accuracy" in a:
+                    print(f"replaced-token detection: accuracy {100 * a['disc_accuracy']:.1f}%, "
+                          f"F1 {100 * a.get('disc_f1', 0):.1f}% on replaced tokens")
             print(f"{m['steps']} steps in {m['elapsed_s']:.0f} s; wrote {args.out} (loads with transformers)")
     elif args.verb == "fill-mask":
         from .pretrain import fill_mask, format_fill
@@ -383,6 +430,8 @@ def run(args: argparse.Namespace) -> int:
             recipe["resume"] = True
         if args.layers:
             recipe.setdefault("overrides", {})["num_hidden_layers"] = args.layers
+        if args.prompt or args.verbalizer or args.train_examples:
+            return _run_prompt(args, recipe)
         r = finetune(args.model, _task_from_args(args), args.out, args.data, config=recipe)
         _print_skips(r)
         if "dev" in r:

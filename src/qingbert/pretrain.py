@@ -22,8 +22,11 @@ from .mlm import MaskingConfig, MLMObjective, WWMCollator
 from .train import Trainer, TrainConfig, seed_everything
 
 FORMAT = "qingbert.model/1"
-OWN = ("objective", "overrides", "init", "train_dropout")
+OWN = ("objective", "overrides", "init", "train_dropout", "macbert", "electra")
 EVAL_MLM_PROBABILITY = 0.15
+#: objective name -> the module whose ``make_objective(model, tokenizer, cfg, options, data_dir)`` builds it
+#: (``None``: whole-word-masking MLM, built here).  Each returns ``(objective, collate, eval_collate, info)``.
+OBJECTIVES = {"wwm": None, "macbert": "qingbert.macbert", "electra": "qingbert.electra"}
 
 
 @dataclass
@@ -37,6 +40,9 @@ class PretrainConfig:
     init: str = "local-attention"
     # dropout while pretraining (None: the model config's); the saved config keeps the model's own value
     train_dropout: float | None = None
+    # options of the other objectives (qingbert.macbert.MacBERTConfig, qingbert.electra.ElectraConfig)
+    macbert: dict = field(default_factory=dict)
+    electra: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict) -> "PretrainConfig":
@@ -142,34 +148,39 @@ def pretrain(model: str, data: str | Path, out: str | Path, config: PretrainConf
         if not hasattr(cfg.train, k):
             raise TypeError(f"unknown training option {k!r}")
         setattr(cfg.train, k, v)
-    if cfg.objective != "wwm":
-        raise QingbertError(f"unknown objective '{cfg.objective}'", hint="available: wwm")
+    if cfg.objective not in OBJECTIVES:
+        raise QingbertError(f"unknown objective '{cfg.objective}'", hint="available: " + ", ".join(OBJECTIVES))
     out = Path(out)
     t0 = time.time()
     train_ds, eval_ds, tokenizer, data_manifest = open_data(data)
     seed_everything(cfg.train.seed)  # before the model is built: random init depends on it
-    net, init = load_mlm(model, tokenizer, cfg.overrides, init=cfg.init)
-    saved_dropout = set_dropout(net, cfg.train_dropout)
-    objective = MLMObjective(net)
-    collate = WWMCollator(tokenizer_info(tokenizer), cfg.masking, seed=cfg.train.seed)
-    # held-out masked accuracy is always measured at BERT's 15 %, so recipes with other rates compare
-    eval_masking = replace(cfg.masking, mlm_probability=EVAL_MLM_PROBABILITY)
-    eval_collate = WWMCollator(tokenizer_info(tokenizer), eval_masking, seed=cfg.train.seed)
+    if OBJECTIVES[cfg.objective] is None:
+        objective, collate, eval_collate, init = wwm_objective(model, tokenizer, cfg)
+    else:
+        import importlib
+
+        build = importlib.import_module(OBJECTIVES[cfg.objective]).make_objective
+        objective, collate, eval_collate, init = build(model, tokenizer, cfg, getattr(cfg, cfg.objective), data)
+    saved_dropout = init.pop("config_updates", {})
     trainer = Trainer(objective, train_ds, collate, out, cfg.train, eval_data=eval_ds, eval_collate=eval_collate)
     before, after, history, final = train_and_save(trainer, tokenizer, out, cfg.train.resume,
                                                    config_updates=saved_dropout)
     if trainer.acc.is_main_process:
+        extra = getattr(trainer.unwrapped_objective(), "save_extra", None)
+        if extra is not None:  # e.g. ELECTRA's generator, beside the discriminator
+            extra(out)
         train_log = [h for h in history if h.get("split") == "train"]
         manifest = {
             "format": FORMAT,
             "stage": "pretrain",
-            "objective": "wwm-mlm",
+            "objective": objective.name,
             "model": model,
             "init": init,
             "data": {"path": str(Path(data).resolve()), "sources": data_manifest.get("sources"),
                      "train_sequences": len(train_ds), "eval_sequences": len(eval_ds) if eval_ds else 0},
-            "recipe": {"train": asdict(cfg.train), "masking": asdict(cfg.masking), "overrides": cfg.overrides,
-                       "init": cfg.init, "train_dropout": cfg.train_dropout},
+            "recipe": {"objective": cfg.objective, "train": asdict(cfg.train), "masking": asdict(cfg.masking),
+                       "overrides": cfg.overrides, "init": cfg.init, "train_dropout": cfg.train_dropout,
+                       **({cfg.objective: getattr(cfg, cfg.objective)} if OBJECTIVES[cfg.objective] else {})},
             "steps": trainer.state["step"],
             "tokens_seen": trainer.state["tokens_seen"],
             "processes": trainer.world,
@@ -186,6 +197,21 @@ def pretrain(model: str, data: str | Path, out: str | Path, config: PretrainConf
         return manifest
     trainer.acc.wait_for_everyone()
     return read_manifest(out) or {}
+
+
+def wwm_objective(model: str, tokenizer, cfg: PretrainConfig):
+    """Whole-word-masking MLM: ``(objective, collate, eval collate, init info)`` like the other objectives'."""
+    net, init = load_mlm(model, tokenizer, cfg.overrides, init=cfg.init)
+    init["config_updates"] = set_dropout(net, cfg.train_dropout)
+    collate = WWMCollator(tokenizer_info(tokenizer), cfg.masking, seed=cfg.train.seed)
+    return MLMObjective(net), collate, eval_collate(tokenizer, cfg), init
+
+
+def eval_collate(tokenizer, cfg: PretrainConfig) -> WWMCollator:
+    """Held-out masked accuracy is always measured with plain WWM at BERT's 15 %, so recipes with other rates and
+    other objectives compare."""
+    eval_masking = replace(cfg.masking, mlm_probability=EVAL_MLM_PROBABILITY)
+    return WWMCollator(tokenizer_info(tokenizer), eval_masking, seed=cfg.train.seed)
 
 
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
