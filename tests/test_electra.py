@@ -286,3 +286,24 @@ print("ok")
         make_objective(str(out), tok, PretrainConfig(train=cfg.train), {"generator_hidden": 4})
     with pytest.raises(QingbertError, match="not a discriminator"):
         make_objective(str(gen_dir), tok, PretrainConfig(train=cfg.train), {})
+
+
+def test_generator_head_runs_only_at_masked_positions_like_bert():
+    """mlm.mlm_head finds ELECTRA's two-module generator head, so masked_lm_loss (and general distillation)
+    run it at the masked positions only; the loss equals the model's own full-head loss."""
+    from transformers import ElectraConfig as HFConfig, ElectraForMaskedLM
+
+    from qingbert.mlm import masked_lm_loss, mlm_head
+
+    torch.manual_seed(0)
+    m = ElectraForMaskedLM(HFConfig(vocab_size=50, hidden_size=16, embedding_size=16, num_hidden_layers=1,
+                                    num_attention_heads=2, intermediate_size=32)).eval()
+    assert mlm_head(m) is not None
+    ids = torch.randint(5, 50, (2, 9))
+    labels = torch.full_like(ids, -100)
+    labels[0, 3], labels[1, 5] = ids[0, 3], 7
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    with torch.no_grad():
+        loss, metrics = masked_lm_loss(m, batch)
+        ref = m(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
+    assert metrics["masked_tokens"] == 2 and torch.allclose(loss, ref, atol=1e-6)

@@ -165,6 +165,8 @@ def mlm_head(model):
         head = getattr(model, name, None)
         if head is not None:
             return head
+    if getattr(model, "generator_lm_head", None) is not None:  # ELECTRA's generator: two modules, run in order
+        return torch.nn.Sequential(model.generator_predictions, model.generator_lm_head)
     return None
 
 
