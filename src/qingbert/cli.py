@@ -318,11 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     # embeddings (encode, whiten, simcse, eval-sts), semantic search (index) and serving (serve): their stage modules
     # define their own verbs
-    from . import embed, index, serve
+    from . import embed, index, prune, serve
 
     embed.add_cli(sub)
     index.add_cli(sub)
     serve.add_cli(sub)
+    prune.add_cli(sub)
     return parser
 
 
@@ -356,7 +357,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.verb in embed.VERBS:
         return embed.run_cli(args)
-    if args.verb in ("index", "serve"):
+    if args.verb in ("index", "serve", "prune-vocab"):
         return args.run_cli(args)
     if args.verb == "zoo":
         from . import zoo
@@ -646,7 +647,7 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.verb in ("pretrain", "fill-mask", "finetune", "predict", "bench", "distill", "demo", "export", "speed",
-                     "encode", "whiten", "simcse", "eval-sts", "index", "serve"):
+                     "encode", "whiten", "simcse", "eval-sts", "index", "serve", "prune-vocab"):
         _quiet_libraries()
     try:
         return run(args)
