@@ -332,3 +332,26 @@ def test_cli_electra_objective_writes_discriminator_and_generator(small_prepared
     assert json.loads((out / "generator" / "config.json").read_text())["hidden_size"] == 16
     with pytest.raises(QingbertError, match="unknown objective 'bert'.*available: wwm, macbert, electra"):
         pretrain("minirbt-h256", small_prepared, tmp_path / "o", {**TINY, "objective": "bert"})
+
+
+def test_cli_macbert_objective_with_similar_words(small_prepared, tmp_path):
+    """`similar-words` then `pretrain --objective macbert --similar-words DIR --sop`: the manifest records the
+    objective and its masking counts, and the model loads as a plain masked LM; without a table it is refused."""
+    sim = tmp_path / "sim"
+    r = cli("similar-words", str(small_prepared), "--out", str(sim), "--dim", "16", "--epochs", "1", "--workers", "1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    recipe = write_recipe(tmp_path / "tiny.yaml")
+    out = tmp_path / "macbert"
+    r = cli("pretrain", "--model", "minirbt-h256", "--data", str(small_prepared), "--out", str(out), "--config",
+            str(recipe), "--objective", "macbert", "--similar-words", str(sim), "--sop", "--max-steps", "3",
+            "--save-every", "0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["objective"] == "macbert" and m["recipe"]["macbert"] == {"similar_words": str(sim), "sop": True}
+    assert m["init"]["collator_stats"]["similar"] > 0
+    from transformers import AutoModelForMaskedLM
+
+    assert AutoModelForMaskedLM.from_pretrained(str(out)).config.vocab_size > 1000
+    r = cli("pretrain", "--model", "minirbt-h256", "--data", str(small_prepared), "--out", str(tmp_path / "x"),
+            "--config", str(recipe), "--objective", "macbert")
+    assert r.returncode == 2 and "similar-words" in r.stderr and not (tmp_path / "x").exists()

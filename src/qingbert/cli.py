@@ -318,12 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     # embeddings (encode, whiten, simcse, eval-sts), semantic search (index) and serving (serve): their stage modules
     # define their own verbs
-    from . import embed, index, prune, serve
+    from . import embed, index, macbert, prune, serve
 
     embed.add_cli(sub)
     index.add_cli(sub)
     serve.add_cli(sub)
     prune.add_cli(sub)
+    macbert.add_cli(sub)
     return parser
 
 
@@ -357,8 +358,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.verb in embed.VERBS:
         return embed.run_cli(args)
-    if args.verb in ("index", "serve", "prune-vocab"):
+    if args.verb in ("index", "serve", "prune-vocab", "similar-words"):
         return args.run_cli(args)
+    if args.verb == "similar-words":
+        from .macbert import run_cli
+
+        return run_cli(args)
     if args.verb == "zoo":
         from . import zoo
 
@@ -647,7 +652,7 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.verb in ("pretrain", "fill-mask", "finetune", "predict", "bench", "distill", "demo", "export", "speed",
-                     "encode", "whiten", "simcse", "eval-sts", "index", "serve", "prune-vocab"):
+                     "encode", "whiten", "simcse", "eval-sts", "index", "serve", "prune-vocab", "similar-words"):
         _quiet_libraries()
     try:
         return run(args)
