@@ -301,7 +301,7 @@ def _tensor(x) -> torch.Tensor:
 
 
 @contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     """No transformers progress bars or info lines (weights loading / writing, unused head weights) inside."""
     from transformers.utils import logging as tlog
 
@@ -320,7 +320,7 @@ def _load_auto_model(folder: str | Path, **kwargs):
     """``transformers.AutoModel`` of a folder, quietly."""
     import transformers
 
-    with _quiet_transformers():
+    with quiet_transformers():
         return transformers.AutoModel.from_pretrained(str(folder), **kwargs)
 
 
@@ -630,7 +630,7 @@ def save_sentence_transformers(out_dir: str | Path, model, tokenizer, *, pooling
     out = Path(out_dir)
     pooling = canonical_pooling(pooling)
     out.mkdir(parents=True, exist_ok=True)
-    with _quiet_transformers():
+    with quiet_transformers():
         model.save_pretrained(str(out), safe_serialization=True)
     save_tokenizer(tokenizer, out)
     hidden = int(model.config.hidden_size)

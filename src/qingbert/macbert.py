@@ -237,20 +237,9 @@ def _key_ids(key: str) -> tuple[int, ...]:
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    import shutil
+    from .manifest import fresh_folder
 
-    from .manifest import read_manifest
-
-    if out.exists() and not out.is_dir():
-        raise QingbertError(f"{out}: exists and is not a folder")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise QingbertError(f"{out}: folder exists and is not empty", hint="pass --overwrite to replace it")
-        m = read_manifest(out)
-        if m is None or m.get("format") != FORMAT:
-            raise QingbertError(f"{out}: refusing to overwrite a folder that is not a similar-word table")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    fresh_folder(out, overwrite, FORMAT, "a similar-word table")
 
 
 def build_similar_words(data_dir, out_dir, *, dim: int = 64, min_count: int = 5, top_k: int = 10, epochs: int = 5,

@@ -55,3 +55,25 @@ def read_manifest(folder: str | Path) -> dict | None:
     if not path.exists():
         return None
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def fresh_folder(out: str | Path, overwrite: bool, fmt: str, what: str) -> Path:
+    """Make ``out`` an empty folder to write a ``fmt`` folder into: a non-empty one is an error unless
+    ``overwrite``, and even then only a folder whose manifest says ``fmt`` (``what``, e.g. "a prepared corpus")
+    is removed, so a mistyped path never deletes someone's data."""
+    import shutil
+
+    from .errors import QingbertError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise QingbertError(f"{out}: exists and is not a folder")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise QingbertError(f"{out}: folder exists and is not empty", hint="pass --overwrite to replace it")
+        m = read_manifest(out)
+        if m is None or m.get("format") != fmt:
+            raise QingbertError(f"{out}: refusing to overwrite a folder that is not {what}")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out

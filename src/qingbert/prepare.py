@@ -173,14 +173,9 @@ class ShardWriter:
 # Driver
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise QingbertError(f"{out}: folder exists and is not empty", hint="pass --overwrite to replace it")
-        m = read_manifest(out)
-        if m is None or m.get("format") != FORMAT:
-            raise QingbertError(f"{out}: refusing to overwrite a folder that is not a prepared corpus")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from .manifest import fresh_folder
+
+    fresh_folder(out, overwrite, FORMAT, "a prepared corpus")
 
 
 def _progress(total: int | None, desc: str, enabled: bool, unit: str = "char"):

@@ -450,9 +450,10 @@ class PromptObjective(torch.nn.Module):
 
     @staticmethod
     def summarize(totals: dict) -> dict:
-        n = max(1, totals.get("count", 0))
-        return {"accuracy": totals.get("correct", 0) / n, "loss": totals.get("loss_sum", 0.0) / n,
-                "examples": int(totals.get("count", 0))}
+        """Accuracy and mean loss of the summed evaluation batches, as fine-tuning reports them."""
+        from .finetune import ClassificationObjective
+
+        return ClassificationObjective.summarize(totals)
 
     def trained_model(self):
         return self.model

@@ -122,20 +122,11 @@ def _has_tokenizer(folder: Path) -> bool:
     return any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
 
 
-@contextlib.contextmanager
 def _quiet():
     """No transformers info lines or per-file progress bars while loading and saving."""
-    from transformers.utils import logging as tlog
+    from .embed import quiet_transformers
 
-    verbosity, bars = tlog.get_verbosity(), tlog.is_progress_bar_enabled()
-    tlog.set_verbosity_error()
-    tlog.disable_progress_bar()
-    try:
-        yield
-    finally:
-        tlog.set_verbosity(verbosity)
-        if bars:
-            tlog.enable_progress_bar()
+    return quiet_transformers()
 
 
 def _model_class(config):
