@@ -318,13 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     # embeddings (encode, whiten, simcse, eval-sts), semantic search (index) and serving (serve): their stage modules
     # define their own verbs
-    from . import embed, index, macbert, prune, serve
+    from . import embed, index, prune, serve, similar
 
     embed.add_cli(sub)
     index.add_cli(sub)
     serve.add_cli(sub)
     prune.add_cli(sub)
-    macbert.add_cli(sub)
+    similar.add_cli(sub)
     return parser
 
 
@@ -360,10 +360,6 @@ def run(args: argparse.Namespace) -> int:
         return embed.run_cli(args)
     if args.verb in ("index", "serve", "prune-vocab", "similar-words"):
         return args.run_cli(args)
-    if args.verb == "similar-words":
-        from .macbert import run_cli
-
-        return run_cli(args)
     if args.verb == "zoo":
         from . import zoo
 
