@@ -67,3 +67,32 @@ def cli_env() -> dict:
     env["HF_HUB_OFFLINE"] = "1"
     env["TOKENIZERS_PARALLELISM"] = "false"
     return env
+
+
+def run_cli(*args, cwd=None, timeout=None) -> subprocess.CompletedProcess:
+    """``qingbert ARGS...`` run in this process (``qingbert.cli.main``), as a ``CompletedProcess``: the same exit
+    status, stdout and stderr as the command, without paying a fresh interpreter's torch import per call.
+    (``timeout`` is accepted for the callers' signature; the demo and the multi-process tests still start real
+    processes.)"""
+    import contextlib
+    import io
+
+    from qingbert.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")}
+    os.environ.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                (contextlib.chdir(cwd) if cwd else contextlib.nullcontext()):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as e:  # argparse errors and --help
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return subprocess.CompletedProcess(["qingbert", *map(str, args)], code, out.getvalue(), err.getvalue())

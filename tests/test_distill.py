@@ -22,7 +22,7 @@ from qingbert.pretrain import pretrain, tokenizer_info
 from qingbert.train import list_checkpoints
 from qingbert.vocab import load_tokenizer
 
-from .conftest import cli_env, run_without_qingbert
+from .conftest import cli_env, run_cli, run_without_qingbert
 
 STUDENT = {"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2}
 FAST = {"batch_size": 8, "lr": 2e-3, "log_every": 2, "eval_batches": 2, "progress": False, "threads": 1,
@@ -228,9 +228,9 @@ def test_distillation_learns_from_the_teacher(small_prepared, teacher_dir, tmp_p
     assert m["steps"] == 30 and m["matches"] == []
 
 
-def cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "qingbert", *args], capture_output=True, text=True,
-                          env=cli_env(), timeout=timeout)
+def cli(*args, **kw):
+    """The command in this process (conftest.run_cli): same status and output, no interpreter start-up."""
+    return run_cli(*args, **kw)
 
 
 def test_kill_and_resume(small_prepared, teacher_dir, tmp_path):

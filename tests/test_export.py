@@ -2,8 +2,6 @@
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -16,7 +14,7 @@ from qingbert.export import check_parity, export
 from qingbert.finetune import finetune
 from qingbert.inference import available_backends, describe
 
-from .conftest import cli_env
+from .conftest import run_cli
 
 SENTI = {"max_steps": 30, "batch_size": 16, "lr": 1e-3, "max_train_examples": 480, "progress": False,
          "save_every": 0, "max_len": 64}
@@ -165,20 +163,18 @@ def test_bad_inputs(tiny_model, senti_export, small_prepared, tmp_path):
 
 def test_cli_export_predict_and_submission(senti_export, tmp_path):
     out, _ = senti_export
-    r = subprocess.run([sys.executable, "-m", "qingbert", "predict", "--model", str(out), "--text", "太差了，不推荐",
-                        "--text", "非常好用"], capture_output=True, text=True, env=cli_env(), timeout=300)
+    r = run_cli("predict", "--model", str(out), "--text", "太差了，不推荐",
+                        "--text", "非常好用")
     assert r.returncode == 0, r.stderr[-2000:]
     lines = [json.loads(x) for x in r.stdout.strip().splitlines()]
     assert len(lines) == 2 and all(x["label"] in ("positive", "negative") for x in lines)
-    r = subprocess.run([sys.executable, "-m", "qingbert", "predict", "--model", str(out), "--task",
-                        "builtin:reviews-sentiment", "--split", "dev", "--out", str(tmp_path / "sub.jsonl")],
-                       capture_output=True, text=True, env=cli_env(), timeout=300)
+    r = run_cli("predict", "--model", str(out), "--task",
+                        "builtin:reviews-sentiment", "--split", "dev", "--out", str(tmp_path / "sub.jsonl"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "backend onnx" in r.stdout and "dev: accuracy" in r.stdout
     sub = [json.loads(x) for x in (tmp_path / "sub.jsonl").read_text().splitlines()]
     assert set(sub[0]) == {"id", "label"}
-    r = subprocess.run([sys.executable, "-m", "qingbert", "export", str(tmp_path), "--out", str(tmp_path / "o")],
-                       capture_output=True, text=True, env=cli_env(), timeout=300)
+    r = run_cli("export", str(tmp_path), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "not a model folder" in r.stderr and "Traceback" not in r.stderr
 
 

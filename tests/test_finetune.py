@@ -11,7 +11,7 @@ from qingbert.errors import QingbertError
 from qingbert.finetune import finetune
 from qingbert.vocab import load_tokenizer
 
-from .conftest import run_without_qingbert
+from .conftest import run_cli, run_without_qingbert
 
 
 def test_sentiment_finetune_beats_majority_and_loads_without_qingbert(tiny_model, tmp_path):
@@ -150,33 +150,27 @@ def _write_tnews(d):
 
 
 def test_cli_finetune_then_predict_writes_clue_submission(tiny_model, tmp_path):
-    import subprocess
-    import sys
-
-    from .conftest import cli_env
-
     data = _write_tnews(tmp_path / "tnews")
     out = tmp_path / "ft"
-    cmd = [sys.executable, "-m", "qingbert", "finetune", "--model", str(tiny_model), "--task", "tnews",
-           "--data", str(data), "--out", str(out), "--max-steps", "60", "--batch-size", "16", "--lr", "3e-3",
-           "--save-every", "0", "--max-len", "32", "--threads", "1"]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=300)
+    res = run_cli("finetune", "--model", str(tiny_model), "--task", "tnews", "--data", str(data), "--out", str(out),
+                  "--max-steps", "60", "--batch-size", "16", "--lr", "3e-3", "--save-every", "0", "--max-len", "32",
+                  "--threads", "1")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "dev: accuracy" in res.stdout
     dev = json.loads((out / "dev_metrics.json").read_text())
     assert dev["accuracy"] > 60, dev  # three balanced classes: chance is 33
     preds = [json.loads(x) for x in (out / "predictions-dev.jsonl").read_text().splitlines()]
     assert len(preds) == 60 and {"id", "label", "gold"} <= set(preds[0])
-    res = subprocess.run([sys.executable, "-m", "qingbert", "predict", "--model", str(out), "--task", "tnews",
-                          "--data", str(data)], capture_output=True, text=True, env=cli_env(), timeout=300)
+    res = run_cli("predict", "--model", str(out), "--task", "tnews",
+                          "--data", str(data))
     assert res.returncode == 0, res.stderr[-3000:]
     sub = [json.loads(x) for x in (out / "tnews_predict.jsonl").read_text().splitlines()]
     assert [r["id"] for r in sub] == list(range(30))
     assert {r["label"] for r in sub} <= {"100", "101", "102"}
     assert set(sub[0]) == {"id", "label"}
     # the wrong kind of task for this model: one clear line, exit 2
-    res = subprocess.run([sys.executable, "-m", "qingbert", "predict", "--model", str(out), "--task",
-                          "builtin:peoples-daily-ner"], capture_output=True, text=True, env=cli_env(), timeout=300)
+    res = run_cli("predict", "--model", str(out), "--task",
+                          "builtin:peoples-daily-ner")
     assert res.returncode == 2 and "fine-tuned for a classification task" in res.stderr
 
 

@@ -11,7 +11,7 @@ from qingbert import builtin
 from qingbert.errors import QingbertError
 from qingbert.prepare import load_prepared, prepare
 
-from .conftest import cli_env, run_without_qingbert
+from .conftest import cli_env, run_cli, run_without_qingbert
 
 
 @pytest.fixture(scope="module")
@@ -162,9 +162,9 @@ def test_empty_corpus_and_bad_options(tmp_path):
         load_prepared(tmp_path / "o3")
 
 
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "qingbert", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
+def cli(*args, **kw):
+    """The command in this process (conftest.run_cli): same status and output, no interpreter start-up."""
+    return run_cli(*args, **kw)
 
 
 def test_cli_errors_are_one_line(tmp_path):

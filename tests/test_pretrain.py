@@ -19,7 +19,7 @@ from qingbert.pretrain import pretrain, tokenizer_info
 from qingbert.train import list_checkpoints
 from qingbert.vocab import load_tokenizer
 
-from .conftest import cli_env, run_without_qingbert
+from .conftest import cli_env, run_cli, run_without_qingbert
 
 TINY = {"overrides": {"num_hidden_layers": 1, "hidden_size": 64, "intermediate_size": 128,
                       "num_attention_heads": 2}, "batch_size": 8, "lr": 1e-3, "log_every": 2,
@@ -100,9 +100,9 @@ def test_masked_position_head_equals_full_head(small_prepared):
     assert metrics["masked_tokens"] == int((batch["labels"] != IGNORE).sum())
 
 
-def cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "qingbert", *args], capture_output=True, text=True,
-                          env=cli_env(), timeout=timeout)
+def cli(*args, **kw):
+    """The command in this process (conftest.run_cli): same status and output, no interpreter start-up."""
+    return run_cli(*args, **kw)
 
 
 def write_recipe(path, **extra):

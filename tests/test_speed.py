@@ -1,15 +1,13 @@
 """`qingbert speed`: the table, speedups against the base, latency percentiles, files written."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from qingbert.errors import QingbertError
 from qingbert.speed import SpeedConfig, speed
 
-from .conftest import cli_env
+from .conftest import run_cli
 
 
 def test_speed_table_for_folders_and_a_base(tiny_model, tmp_path):
@@ -38,9 +36,7 @@ def test_speed_table_for_folders_and_a_base(tiny_model, tmp_path):
 def test_speed_bad_inputs(tmp_path):
     with pytest.raises(QingbertError, match="unknown backend"):
         speed(SpeedConfig(models=["rbt3"], backends=["tensorrt"], out=str(tmp_path)))
-    r = subprocess.run([sys.executable, "-m", "qingbert", "speed", "no-such-shape", "--out", str(tmp_path / "o")],
-                       capture_output=True, text=True, env=cli_env(), timeout=300)
+    r = run_cli("speed", "no-such-shape", "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "Traceback" not in r.stderr and "no-such-shape" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "qingbert", "speed", "--grid", "big", "--out", str(tmp_path / "o")],
-                       capture_output=True, text=True, env=cli_env(), timeout=300)
+    r = run_cli("speed", "--grid", "big", "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "--grid" in r.stderr
