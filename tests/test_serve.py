@@ -406,3 +406,15 @@ def test_cli_flags():
     assert (args.model, args.port, args.api_key, args.index, args.max_batch, args.max_wait_ms, args.workers) == \
         ("M", 9001, "k", "I", 8, 2.0, 2)
     assert args.host == "127.0.0.1" and callable(args.run_cli)
+
+
+def test_server_threads_sleep_between_requests_unless_told_to_spin():
+    """The server's ONNX Runtime threads do not busy-wait between requests (ServeConfig.spin False), so an idle
+    server leaves the cores to its clients; batch work keeps ONNX Runtime's spinning."""
+    from qingbert.inference import session_options
+
+    assert ServeConfig().spin is False
+    idle = session_options(2, spin=False)
+    assert idle.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # ONNX Runtime's default: spinning
+        session_options(2).get_session_config_entry("session.intra_op.allow_spinning")

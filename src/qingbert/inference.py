@@ -110,9 +110,11 @@ class TorchBackend:
         return out
 
 
-def session_options(threads: int = 0):
+def session_options(threads: int = 0, spin: bool = True):
     """ONNX Runtime session options used everywhere: all graph optimisations, ``threads`` intra-op threads
-    (0: one per core), sequential execution."""
+    (0: one per core), sequential execution.  ``spin=False`` lets idle worker threads sleep instead of
+    busy-waiting for the next run: a server between requests leaves the cores to everything else (batch work,
+    where runs follow each other, keeps spinning)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -121,13 +123,16 @@ def session_options(threads: int = 0):
     so.intra_op_num_threads = threads or (os.cpu_count() or 1)
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return so
 
 
 class OnnxBackend:
     """An ONNX Runtime session on an exported graph (CUDA when onnxruntime-gpu has it, else CPU)."""
 
-    def __init__(self, path: str | Path, name: str = "onnx", threads: int = 0):
+    def __init__(self, path: str | Path, name: str = "onnx", threads: int = 0, spin: bool = True):
         import onnxruntime as ort
 
         path = Path(path)
@@ -135,7 +140,7 @@ class OnnxBackend:
             raise QingbertError(f"exported model file {path} is missing", hint="re-run `qingbert export`")
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         try:
-            self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+            self.session = ort.InferenceSession(str(path), session_options(threads, spin), providers=providers)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise QingbertError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})",
                                 hint="re-run `qingbert export`") from None
@@ -169,7 +174,8 @@ def available_backends(folder: str | Path) -> list[str]:
     return sorted(have, key=rank)
 
 
-def open_backend(folder: str | Path, backend: str | None = None, threads: int = 0, info: dict | None = None):
+def open_backend(folder: str | Path, backend: str | None = None, threads: int = 0, info: dict | None = None,
+                 spin: bool = True):
     folder = Path(folder)
     info = info or describe(folder)
     if backend is None:
@@ -180,7 +186,7 @@ def open_backend(folder: str | Path, backend: str | None = None, threads: int = 
         if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
             raise QingbertError(f"{folder}: no model weights (model.safetensors) for the torch backend")
         return TorchBackend(folder, info["auto_class"], info["outputs"], threads=threads)
-    return OnnxBackend(folder / ONNX_FILES[backend], backend, threads=threads)
+    return OnnxBackend(folder / ONNX_FILES[backend], backend, threads=threads, spin=spin)
 
 
 # ---------------------------------------------------------------------------
@@ -196,7 +202,8 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 class Model:
     """A loaded model folder: ``predict`` and ``encode`` on one backend (``self.backend``)."""
 
-    def __init__(self, folder: str | Path, backend: str | None = None, threads: int = 0, max_len: int | None = None):
+    def __init__(self, folder: str | Path, backend: str | None = None, threads: int = 0, max_len: int | None = None,
+                 spin: bool = True):
         from .finetune import HEADS, FinetuneConfig
         from .vocab import load_tokenizer
 
@@ -204,7 +211,7 @@ class Model:
         self.info = describe(self.folder)
         self.kind = self.info["kind"]
         self.tokenizer = load_tokenizer(str(self.folder))
-        self.runner = open_backend(self.folder, backend, threads, self.info)
+        self.runner = open_backend(self.folder, backend, threads, self.info, spin=spin)
         self.backend = self.runner.name
         m = self.info["manifest"]
         cfg = FinetuneConfig.from_dict({k: v for k, v in (m.get("config") or {}).items() if k != "train"})
@@ -361,9 +368,10 @@ def _pair(x, i: int):
     raise QingbertError(f"input {i}: a sentence-pair model takes (text_a, text_b) or 'text_a ||| text_b'")
 
 
-def load(folder: str | Path, backend: str | None = None, threads: int = 0, max_len: int | None = None) -> Model:
+def load(folder: str | Path, backend: str | None = None, threads: int = 0, max_len: int | None = None,
+         spin: bool = True) -> Model:
     """Open any model folder qingbert wrote (or a plain transformers one) on its fastest backend."""
-    return Model(folder, backend=backend, threads=threads, max_len=max_len)
+    return Model(folder, backend=backend, threads=threads, max_len=max_len, spin=spin)
 
 
 __all__ = ["load", "Model", "describe", "available_backends", "open_backend", "TorchBackend", "OnnxBackend",

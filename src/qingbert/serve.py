@@ -102,6 +102,7 @@ class ServeConfig:
     api_key: str | None = None  # required on every route but /health and the docs when set
     backend: str | None = None  # torch, onnx, onnx-int8 (default: the fastest in the folder)
     threads: int = 0  # torch / ONNX Runtime threads (0: the library's default)
+    spin: bool = False  # ONNX Runtime threads busy-wait between runs (off: idle cores stay free for the clients)
     pooling: str | None = None  # mean, cls, max or mean-max (default: the index's, else mean)
     nprobe: int | None = None  # IVF lists visited per /search query (default: qingbert.index's)
 
@@ -630,7 +631,7 @@ class ServerState:
         self.config = config.check()
         self.model_dir = Path(model_dir)
         self.model = model if model is not None else load(self.model_dir, backend=config.backend,
-                                                          threads=config.threads)
+                                                          threads=config.threads, spin=config.spin)
         self.name = self.model_dir.name
         self.index = None
         pooling = config.pooling
@@ -985,6 +986,9 @@ def add_cli(subparsers) -> None:
                    help=f"request body size (default {d.max_body_bytes})")
     p.add_argument("--backend", default=None, help="torch, onnx or onnx-int8 (default: the fastest in the folder)")
     p.add_argument("--threads", type=int, default=0, help="model threads per worker (default: the library's)")
+    p.add_argument("--spin", action="store_true",
+                   help="let ONNX Runtime threads busy-wait between requests (lower latency under steady load, "
+                        "but the server keeps its cores busy when idle)")
     p.add_argument("--pooling", default=None, choices=("mean", "cls", "max", "mean-max"), help="default: the index's, else mean")
     p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     p.set_defaults(run_cli=run_cli)
@@ -995,7 +999,7 @@ def run_cli(args) -> int:
     config = ServeConfig(max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=args.max_body_bytes,
                          max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                          api_key=args.api_key or os.environ.get(ENV_API_KEY) or None, backend=args.backend,
-                         threads=args.threads, pooling=args.pooling)
+                         threads=args.threads, pooling=args.pooling, spin=args.spin)
     serve(args.model, host=args.host, port=args.port, workers=args.workers, index_dir=args.index, config=config,
           log_level=args.log_level)
     return 0
