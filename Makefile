@@ -26,3 +26,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/distill_quality.py
 	$(PY) benchmarks/speed.py
 	$(PY) benchmarks/serve.py
+	$(PY) benchmarks/objectives.py
