@@ -211,7 +211,11 @@ def markdown(res: dict) -> str:
                 acc += f" (generator); RTD acc. {100 * r['disc_accuracy']:.1f} %" if r["disc_accuracy"] else ""
             lines.append(f"| {r['objective']} | {r['steps']} | {r['steps_per_s']:.2f} | {acc} | " + " | ".join(
                 f"{r['scores'][t]['mean']:.2f} ± {r['scores'][t]['std']:.2f}" for t in tasks) + " |")
-        lines += ["", f"MacBERT's similar-word table: {o['similar_words']['seconds']:.0f} s, built once.", ""]
+        if o.get("incomplete"):
+            lines += ["", f"Incomplete: {o['incomplete']}."]
+        if o["similar_words"].get("seconds") is not None:
+            lines += ["", f"MacBERT's similar-word table: {o['similar_words']['seconds']:.0f} s, built once."]
+        lines.append("")
     if "pet" in res:
         p = res["pet"]
         lines += [f"**PET vs fine-tuning with {p['examples']} labelled examples** ({p['task']}, dev accuracy, mean ± "
@@ -235,6 +239,7 @@ def markdown(res: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default=str(HERE / "work" / "objectives"))
+    # (no time limit of its own: the full run takes about 50 minutes on 2 cores)
     ap.add_argument("--seeds", default="1,2")
     ap.add_argument("--pet-seeds", default="1,2,3")
     ap.add_argument("--skip", default="", help="comma list of objectives, pet, prune")
