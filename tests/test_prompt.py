@@ -303,6 +303,18 @@ def test_cli_finetune_prompt_few_shot_and_flag_errors(tok_and_model, sentiment_d
     assert code == 0 and "4 steps on 16 examples" in printed and "dev:" in printed
     m = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert m["stage"] == "prompt-finetune" and m["template"] == TEMPLATE
+    # `qingbert predict` labels a task split through the folder's own template and verbaliser
+    sub = tmp_path / "dev-submission.jsonl"
+    assert main(["predict", "--model", str(out), "--task", "chnsenticorp", "--data", str(sentiment_dir),
+                 "--split", "dev", "--out", str(sub)]) == 0
+    capsys.readouterr()
+    rows = [json.loads(x) for x in sub.read_text(encoding="utf-8").splitlines()]
+    texts = [line.split("\t", 1)[1] for line in (sentiment_dir / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]]
+    assert len(rows) == len(texts) == 24
+    assert [r["label"] for r in rows] == [lab for lab, _ in prompt_predict(out, texts)]
+    assert json.loads((out / "dev_metrics.json").read_text())["accuracy"] == pytest.approx(
+        100 * sum(r["label"] == line[0] for r, line in zip(rows, (sentiment_dir / "dev.tsv").read_text(
+            encoding="utf-8").splitlines()[1:])) / 24)
     assert main(["finetune", "--model", str(folder), "--task", "chnsenticorp", "--data", str(sentiment_dir),
                  "--out", str(tmp_path / "x"), "--prompt", TEMPLATE]) == 2
     assert "--prompt and --verbalizer go together" in capsys.readouterr().err

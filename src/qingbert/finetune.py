@@ -510,6 +510,10 @@ def predict(model: str | Path, task: str, out_file: str | Path | None = None, da
 
     model = Path(model)
     m = read_manifest(model)
+    from . import prompt
+
+    if m is not None and m.get("format") == prompt.FORMAT:  # PET folder: its template and verbaliser label it
+        return prompt.predict_task(model, task, out_file, data_dir, split, batch_size)
     if m is None or m.get("format") != FORMAT:
         raise QingbertError(f"{model}: not a fine-tuned folder (no qingbert fine-tuning manifest)",
                             hint="make one with `qingbert finetune --model M --task T --out DIR`")

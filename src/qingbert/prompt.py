@@ -781,6 +781,39 @@ def prompt_predict(folder_or_model: str | Path, texts, template: str | None = No
     return [(labels[int(np.argmax(p))], {lab: float(x) for lab, x in zip(labels, p)}) for p in probs]
 
 
+def predict_task(folder: str | Path, task, out_file: str | Path | None = None, data_dir: str | None = None,
+                 split: str = "test", batch_size: int = 64) -> dict:
+    """``qingbert predict`` for a :func:`prompt_finetune` folder: label ``split`` of ``task`` through the template
+    and verbaliser it was trained with and write the CLUE submission file (``{"id", "label"}`` per line).
+
+    Returns ``{"file", "examples", "task", "split", "backend", "scores" (where the split is labelled)}``, as
+    :func:`qingbert.finetune.predict` does."""
+    from .finetune import ClassificationHead
+
+    folder = Path(folder)
+    m = read_manifest(folder)
+    if m is None or m.get("format") != FORMAT:
+        raise QingbertError(f"{folder}: not a prompt fine-tuned folder (no {FORMAT} manifest)")
+    cfg = PromptConfig(max_len=m["config"].get("max_len", 128))  # the folder holds its own tokenizer
+    t, tpl, _, tok, label_ids = _prepare(str(folder), task, data_dir, m["template"], m["verbalizer"], cfg, (split,))
+    net, _ = load_prompt_model(str(folder), cfg)
+    _check_vocab(net, tok, label_ids, str(folder))
+    examples = t.splits[split]
+    rows, report = encode_prompts(examples, tok, tpl, {lab: i for i, lab in enumerate(t.labels)}, cfg.max_len)
+    objective = PromptObjective(net, label_ids).to(_device())
+    probs = softmax(label_scores(objective, rows, PromptCollator(tok.pad_token_id,
+                                                                 getattr(tok, "padding_side", "right")), batch_size))
+    head = ClassificationHead(t)
+    preds = [head.labels[int(np.argmax(p))] for p in probs]
+    out_file = Path(out_file) if out_file else folder / f"{t.name}_predict.jsonl"
+    head.write_submission(out_file, examples, preds)
+    res = {"file": str(out_file), "examples": len(examples), "task": t.name, "split": split, "backend": "torch",
+           "encode": report}
+    if examples and all(e.label is not None for e in examples):
+        res["scores"] = head.score(examples, preds)
+    return res
+
+
 def format_prompt_scores(r: dict) -> str:
     """One line for the console from :func:`prompt_finetune`'s or :func:`evaluate_prompt`'s result: the
     scores, and how many texts were cut to ``max_len`` (the template never is)."""
@@ -799,5 +832,5 @@ def format_prompt_scores(r: dict) -> str:
 
 __all__ = ["FORMAT", "PromptCollator", "PromptConfig", "PromptObjective", "Template", "encode_prompts",
            "evaluate_prompt", "format_prompt_scores", "label_scores", "load_prompt_model", "match_labels",
-           "parse_template", "parse_verbalizer", "prompt_finetune", "prompt_predict", "sample_examples",
+           "parse_template", "parse_verbalizer", "predict_task", "prompt_finetune", "prompt_predict", "sample_examples",
            "verbalizer_token_ids"]
