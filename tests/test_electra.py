@@ -226,6 +226,7 @@ def test_train_save_load_without_qingbert_and_finetune(tok, small_prepared, tmp_
     train_log = [h for h in history if h["split"] == "train"]
     assert len(train_log) == 3 and all(torch.isfinite(torch.tensor(h["loss"])) for h in train_log)
     assert "masked_accuracy" in train_log[-1]
+    assert 0 <= train_log[-1]["disc_accuracy"] <= 1  # the loop logs the objective's extra accuracies too
     after = history[-1]
     assert after["split"] == "eval" and 0 <= after["disc_accuracy"] <= 1 and after["loss"] > 0
     # the checkpoint (shared tensors in one file) reads back into a fresh pair

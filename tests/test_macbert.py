@@ -270,6 +270,8 @@ def test_training_steps_and_saved_model_loads(small_prepared, similar_dir, tmp_p
                                                    config_updates=info["config_updates"])
     losses = [h["loss"] for h in history if h["split"] == "train"]
     assert len(losses) == 2 and all(np.isfinite(losses)) and np.isfinite(after["loss"])
+    last = [h for h in history if h["split"] == "train"][-1]
+    assert ("sop_accuracy" in last) is sop and 0 <= last.get("sop_accuracy", 0) <= 1
     assert info["collator_stats"]["sequences"] >= 16 and info["collator_stats"]["words_chosen"] > 0
     loss, metrics = objective(collate([{**train_ds[i], "index": i} for i in range(8)]))
     assert torch.isfinite(loss) and ("sop_accuracy" in metrics) is sop

@@ -168,6 +168,7 @@ class ElectraObjective(torch.nn.Module):
 
     name = "electra"
     accuracy_name = "masked_accuracy"
+    extra_accuracies = {"disc_accuracy": ("disc_correct", "disc_tokens")}  # replaced-token detection
 
     def __init__(self, discriminator, generator, disc_weight: float = 50.0, tokenizer=None, seed: int = 0):
         super().__init__()

@@ -333,6 +333,7 @@ class MacBERTObjective(torch.nn.Module):
 
     name = "macbert"
     accuracy_name = "masked_accuracy"
+    extra_accuracies = {"sop_accuracy": ("sop_correct", "sop_count")}  # logged only when SOP is on
 
     def __init__(self, model, sop: bool = False):
         super().__init__()

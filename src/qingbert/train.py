@@ -2,7 +2,8 @@
 
 An *objective* is a ``torch.nn.Module`` whose ``forward(batch)`` returns
 ``(loss, metrics)`` (metrics may carry ``correct`` and ``count`` for a running
-accuracy, logged under the objective's ``accuracy_name``); it owns the model(s) being trained (and e.g. a frozen
+accuracy, logged under the objective's ``accuracy_name``; more running accuracies are named by an optional
+``extra_accuracies = {name: (correct key, count key)}``); it owns the model(s) being trained (and e.g. a frozen
 teacher or projections).  The loop owns everything else: data order, gradient
 accumulation, AdamW with linear warmup/decay, clipping, mixed precision,
 logging (console, TensorBoard, ``metrics.jsonl``), evaluation, atomic
@@ -348,7 +349,9 @@ class Trainer:
                    disable=None if (cfg.progress and self.acc.is_main_process) else True)
         # no terminal (a log file, CI, a scheduler): one plain line per logged window instead of a bar
         self._log_lines = cfg.progress and self.acc.is_main_process and bar.disable
-        window = {"loss": 0.0, "n": 0, "tokens": 0, "masked": 0, "correct": 0, "t": time.time()}
+        extras = dict(getattr(self.objective, "extra_accuracies", {}) or {})
+        window = {"loss": 0.0, "n": 0, "tokens": 0, "masked": 0, "correct": 0, "t": time.time(),
+                  "extra": {k: [0, 0] for k in extras}}
         bs, world = cfg.batch_size, self.world
         while self.state["step"] < self.total_steps:
             epoch = self.state["epoch"]
@@ -374,6 +377,10 @@ class Trainer:
                 window["tokens"] += ntok
                 window["masked"] += int(metrics.get("count", metrics.get("masked_tokens", 0)))
                 window["correct"] += int(metrics.get("correct", 0))
+                for name, (c, n) in extras.items():
+                    if c in metrics:
+                        window["extra"][name][0] += int(metrics[c])
+                        window["extra"][name][1] += int(metrics[n])
                 if not self.acc.sync_gradients:
                     continue
                 self.scheduler.step()
@@ -403,8 +410,9 @@ class Trainer:
         return self.history
 
     def _log_train(self, step: int, w: dict) -> None:
-        vec = torch.tensor([w["loss"], w["n"], w["tokens"], w["masked"], w["correct"]], dtype=torch.float64,
-                           device=self.acc.device)
+        extra = w.get("extra", {})
+        vec = torch.tensor([w["loss"], w["n"], w["tokens"], w["masked"], w["correct"]]
+                           + [x for pair in extra.values() for x in pair], dtype=torch.float64, device=self.acc.device)
         vec = self.acc.reduce(vec, reduction="sum").tolist()
         elapsed = max(1e-9, time.time() - w["t"])
         rec = {"split": "train", "step": step, "epoch": self.state["epoch"], "loss": vec[0] / max(1, vec[1]),
@@ -412,12 +420,18 @@ class Trainer:
         name = getattr(self.objective, "accuracy_name", "accuracy")
         if vec[3]:
             rec[name] = vec[4] / vec[3]
+        names = [name]
+        for i, key in enumerate(extra):
+            correct, count = vec[5 + 2 * i], vec[6 + 2 * i]
+            if count:
+                rec[key] = correct / count
+                names.append(key)
         self._log(rec)
         if getattr(self, "_log_lines", False):
-            acc = f" {name.replace('_', '-')} {100 * rec[name]:.1f}%" if name in rec else ""
+            acc = "".join(f" {k.replace('_', '-')} {100 * rec[k]:.1f}%" for k in names if k in rec)
             print(f"step {step}/{self.total_steps} loss {rec['loss']:.4f} lr {rec['lr']:.2e}{acc} "
                   f"{rec['tokens_per_s']:,.0f} tok/s", flush=True)
-        w.update(loss=0.0, n=0, tokens=0, masked=0, correct=0, t=time.time())
+        w.update(loss=0.0, n=0, tokens=0, masked=0, correct=0, t=time.time(), extra={k: [0, 0] for k in extra})
 
     def unwrapped_objective(self):
         return self.acc.unwrap_model(self.model)
