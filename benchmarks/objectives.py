@@ -78,7 +78,10 @@ def finetune_scores(model: Path, out: Path, seeds: list[int], recipe: dict, task
     return scores
 
 
-def bench_objectives(work: Path, corpus: Path, seeds: list[int]) -> dict:
+def bench_objectives(work: Path, corpus: Path, seeds: list[int], only: tuple[str, ...] = OBJECTIVES,
+                     previous: dict | None = None) -> dict:
+    """Pretrain and fine-tune each objective in ``only``.  With a ``previous`` result whose budget was set by WWM,
+    a run of a subset without WWM keeps that budget and merges its rows into the previous ones."""
     from qingbert.demo import FINETUNE_RECIPE, FINETUNE_TASKS, TEACHER, TEACHER_RECIPE
     from qingbert.macbert import build_similar_words
     from qingbert.pretrain import pretrain
@@ -87,24 +90,35 @@ def bench_objectives(work: Path, corpus: Path, seeds: list[int]) -> dict:
     if QUICK:
         BUDGET_STEPS, CALIBRATION_STEPS = 30, 20
         FINETUNE_RECIPE = dict(FINETUNE_RECIPE, max_train_examples=200, epochs=1)
-    t0 = time.time()
+    previous = previous or {}
     similar = work / "similar-words"
-    sim = build_similar_words(corpus, similar, overwrite=True, workers=2, epochs=1 if QUICK else 5)
-    similar_s = time.time() - t0
+    sim, similar_s = previous.get("similar_words", {}), None
+    if "macbert" in only:
+        t0 = time.time()
+        sim = build_similar_words(corpus, similar, overwrite=True, workers=2, epochs=1 if QUICK else 5)
+        similar_s = time.time() - t0
+    reuse_budget = "wwm" not in only and previous.get("budget_s")
+    calibrate = tuple(dict.fromkeys(("wwm",) + tuple(only)))  # WWM always: the budget is its speed right now
     tokens_per_step = TEACHER_RECIPE["batch_size"] * 128
     base = dict(TEACHER_RECIPE, save_every=0, log_every=10)
     rates = {}
-    for obj in OBJECTIVES:  # calibration: steady-state steps/s of each objective
+    for obj in calibrate:  # calibration: steady-state steps/s of each objective
         d = work / "calibrate" / obj
         shutil.rmtree(d, ignore_errors=True)
         pretrain(TEACHER, corpus, d, dict(recipe_for(obj, base, similar), max_steps=CALIBRATION_STEPS,
                                           eval_batches=1))
         rates[obj] = steps_per_second(d, tokens_per_step)
         print(f"{obj}: {rates[obj]:.2f} steps/s", flush=True)
-    budget_s = BUDGET_STEPS / rates["wwm"]
-    rows = []
-    for obj in OBJECTIVES:
-        steps = int(round(budget_s * rates[obj]))
+    # Each objective gets the steps it fits into the time WWM takes for BUDGET_STEPS, at the speeds measured now
+    # (so a subset run on a busier or quieter machine still gets the steps a full run would give it).
+    budget_s = previous["budget_s"] if reuse_budget else BUDGET_STEPS / rates["wwm"]
+    rows = [r for r in previous.get("rows", []) if r["objective"] not in only] if reuse_budget else []
+    if reuse_budget:
+        rates = {**previous.get("calibrated_steps_per_s", {}), **{o: rates[o] for o in only},
+                 f"wwm_with_{'_'.join(only)}": rates["wwm"]}
+    for obj in only:
+        wwm_now = rates.get(f"wwm_with_{'_'.join(only)}", rates["wwm"])
+        steps = int(round(BUDGET_STEPS * rates[obj] / wwm_now))
         d = work / "pretrain" / obj
         shutil.rmtree(d, ignore_errors=True)
         t = time.time()
@@ -118,9 +132,12 @@ def bench_objectives(work: Path, corpus: Path, seeds: list[int]) -> dict:
                      "masked_accuracy": ev.get("masked_accuracy"), "disc_accuracy": ev.get("disc_accuracy"),
                      "scores": ft})
         print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
-    return {"budget_s": round(budget_s, 1), "similar_words": {"seconds": round(similar_s, 1),
-                                                                "words": sim.get("words_with_candidates")},
-            "finetune_recipe": FINETUNE_RECIPE, "seeds": seeds, "rows": rows, "tasks": FINETUNE_TASKS}
+    rows.sort(key=lambda r: OBJECTIVES.index(r["objective"]))
+    if similar_s is not None:
+        sim = {"seconds": round(similar_s, 1), "words": sim.get("words_with_candidates")}
+    return {"budget_s": round(budget_s, 1), "calibrated_steps_per_s": {k: round(v, 3) for k, v in rates.items()},
+            "similar_words": sim, "finetune_recipe": FINETUNE_RECIPE, "seeds": seeds, "rows": rows,
+            "tasks": FINETUNE_TASKS}
 
 
 def bench_pet(model: Path, work: Path, seeds: list[int]) -> dict:
@@ -243,6 +260,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="1,2")
     ap.add_argument("--pet-seeds", default="1,2,3")
     ap.add_argument("--skip", default="", help="comma list of objectives, pet, prune")
+    ap.add_argument("--objectives", default=",".join(OBJECTIVES),
+                    help="which objectives to pretrain (a subset without wwm keeps the stored budget and rows)")
     ap.add_argument("--quick", action="store_true", help="smoke run: a few steps of everything (figures meaningless)")
     args = ap.parse_args()
     global QUICK
@@ -275,7 +294,8 @@ def main() -> None:
         path.with_suffix(".md").write_text(markdown(res))
 
     if "objectives" not in skip:
-        res["objectives"] = bench_objectives(work, corpus, seeds)
+        only = tuple(o for o in OBJECTIVES if o in args.objectives.split(","))
+        res["objectives"] = bench_objectives(work, corpus, seeds, only, res.get("objectives"))
         save()
     if "pet" not in skip:
         model = work / "pretrain" / "wwm"
