@@ -18,6 +18,7 @@ PET with 32 labelled examples vs ordinary fine-tuning on the same 32, and what v
    and after, and pretraining steps/s of both (the MLM decoder is the vocabulary-sized part of a step).
 
     python benchmarks/objectives.py [--work DIR] [--seeds 1,2] [--skip objectives,pet,prune]
+                                    [--objectives electra]   # a subset, against the stored WWM budget
 
 Results: ``benchmarks/results/objectives.{json,md}``.  About 45 minutes on 2 cores.
 """
