@@ -30,8 +30,11 @@ cores with the server (reported), ST runs alone.  About 3-4 minutes on 2 cores:
 
     python benchmarks/serve.py          # --quick (10 s phases); --clients 32 --duration 30 --rate 50
                                         # --open-duration 60 --threads 2 --max-batch 32 --max-wait-ms 0
+                                        # --workers 2 --threads 1 --encode-batch 1 --st-threads 2
 
-Results: `benchmarks/results/serve.json` and `serve.md` (`serve_quick.*` with --quick).
+Results: `benchmarks/results/serve.json` and `serve.md` (`serve_quick.*` with --quick; `--results NAME` for
+another name).  `--workers 2 --threads 1 --encode-batch 1` is the tuned deployment on 2 cores (one process per
+core, no padding); the defaults are `qingbert serve`'s own (1 worker, all cores, encode_batch 8).
 """
 
 from __future__ import annotations
@@ -129,7 +132,9 @@ def free_port() -> int:
 def start_server(folder: str, port: int, args) -> subprocess.Popen:
     """``python -m qingbert serve`` in its own process (its own GIL and cores' worth of threads)."""
     cmd = [sys.executable, "-m", "qingbert", "serve", folder, "--port", str(port), "--threads", str(args.threads),
-           "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning"]
+           "--workers", str(args.workers),
+           "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+           "--encode-batch", str(args.encode_batch), "--log-level", "warning"]
     return subprocess.Popen(cmd, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -148,20 +153,50 @@ def wait_health(base: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> 
     raise RuntimeError(f"no /health answer within {timeout_s:.0f} s")
 
 
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and its live descendants (uvicorn's ``--workers`` processes are children of the first)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
 def rss_mib(pid: int) -> float:
-    """VmRSS of process ``pid`` in MiB."""
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    """VmRSS of process ``pid`` and its descendants (every server process), in MiB."""
+    total = 0.0
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads) so far."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of process ``pid`` and its live descendants (all their threads) so far."""
+    total = 0.0
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def own_cpu_seconds() -> float:
@@ -170,17 +205,29 @@ def own_cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def batch_stats(base: str) -> dict:
-    """Mean texts and requests per model call of the encode batcher, from ``GET /metrics``."""
-    with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
-        text = r.read().decode()
-    vals = {}
-    for line in text.splitlines():
-        for name in ("qingbert_batch_texts", "qingbert_batch_requests", "qingbert_batch_duration_seconds"):
-            for suffix in ("_sum", "_count"):
-                if line.startswith(f'{name}{suffix}{{op="encode"}}'):
-                    vals[name + suffix] = float(line.rsplit(" ", 1)[1])
-    return vals
+def batch_stats(base: str, workers: int = 1) -> dict:
+    """Texts, requests and model time of the encode batcher from ``GET /metrics``, summed over the ``workers``
+    server processes (each scrape reaches one of them; ``qingbert_process_info`` says which)."""
+    per_pid: dict[str, dict] = {}
+    for _ in range(20 * workers):
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+        vals, pid = {}, None
+        for line in text.splitlines():
+            if line.startswith("qingbert_process_info{"):
+                pid = line.split('pid="', 1)[1].split('"', 1)[0]
+            for name in ("qingbert_batch_texts", "qingbert_batch_requests", "qingbert_batch_duration_seconds"):
+                for suffix in ("_sum", "_count"):
+                    if line.startswith(f'{name}{suffix}{{op="encode"}}'):
+                        vals[name + suffix] = float(line.rsplit(" ", 1)[1])
+        per_pid[pid] = vals
+        if len(per_pid) >= workers:
+            break
+    total: dict = {}
+    for vals in per_pid.values():
+        for k, v in vals.items():
+            total[k] = total.get(k, 0.0) + v
+    return total
 
 
 def batch_delta(before: dict, after: dict) -> dict:
@@ -402,12 +449,13 @@ def run_server_phases(exported: str, sentences: list[str], args) -> dict:
         health = wait_health(base, proc)
         out = {"health": {k: health.get(k) for k in ("backend", "dim", "pooling", "kind", "version")},
                "startup_s": round(time.perf_counter() - t, 1), "rss_after_start_mib": round(rss_mib(proc.pid), 1),
-               "server": {"threads": args.threads, "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms}}
+               "server": {"workers": args.workers, "threads": args.threads, "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
+                          "encode_batch": args.encode_batch}}
         dim = int(health["dim"])
         print(f"server up ({health.get('backend')}, dim {dim}) in {out['startup_s']} s; closed loop ...", flush=True)
-        m0, c0, g0 = batch_stats(base), cpu_seconds(proc.pid), own_cpu_seconds()
+        m0, c0, g0 = batch_stats(base, args.workers), cpu_seconds(proc.pid), own_cpu_seconds()
         closed = asyncio.run(closed_loop(port, sentences, args.clients, args.warmup, args.duration, dim))
-        m1, c1, g1 = batch_stats(base), cpu_seconds(proc.pid), own_cpu_seconds()
+        m1, c1, g1 = batch_stats(base, args.workers), cpu_seconds(proc.pid), own_cpu_seconds()
         window = args.warmup + args.duration
         closed["batching"] = batch_delta(m0, m1)
         closed["cpu"] = {"server_cores": round((c1 - c0) / window, 2), "load_generator_cores": round((g1 - g0) / window, 2),
@@ -419,7 +467,7 @@ def run_server_phases(exported: str, sentences: list[str], args) -> dict:
         c0, g0 = cpu_seconds(proc.pid), own_cpu_seconds()
         opened = asyncio.run(open_loop(port, sentences, args.rate, args.open_warmup, args.open_duration, dim,
                                        proc.pid))
-        m2 = batch_stats(base)
+        m2 = batch_stats(base, args.workers)
         opened["batching"] = batch_delta(m1, m2)
         window = args.open_warmup + args.open_duration
         opened["cpu"] = {"server_cores": round((cpu_seconds(proc.pid) - c0) / window, 2),
@@ -481,7 +529,7 @@ def run_st(st_dir: str, sentences: list[str], work: Path, args) -> dict:
     """The sentence-transformers child, in a fresh process."""
     f = work / "sentences.json"
     f.write_text(json.dumps(sentences, ensure_ascii=False))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--st-child", st_dir, str(f), str(args.threads),
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--st-child", st_dir, str(f), str(args.st_threads),
            str(args.st_seconds)]
     return run_result_child(cmd, dict(os.environ), timeout=600)
 
@@ -530,8 +578,8 @@ def markdown(res: dict) -> str:
              f"{res['sentences']['max_chars']} characters (mean {res['sentences']['mean_chars']}), one per request, "
              f"mean pooling; {res['machine'].get('cpu_count')} CPUs ({res['machine'].get('cpu_model', '?')}), load "
              f"{res['machine'].get('load_avg_at_start')} at start; server backend `{srv['health']['backend']}`, "
-             f"model threads {srv['server']['threads']}, max_batch {srv['server']['max_batch']}, max_wait_ms "
-             f"{srv['server']['max_wait_ms']:g}; sentence-transformers {res['versions'].get('sentence-transformers')} "
+             f"{srv['server'].get('workers', 1)} worker(s) x {srv['server']['threads']} model threads, max_batch {srv['server']['max_batch']}, max_wait_ms "
+             f"{srv['server']['max_wait_ms']:g}, encode_batch {srv['server'].get('encode_batch', 8)}; sentence-transformers {res['versions'].get('sentence-transformers')} "
              f"torch fp32, torch threads {st.get('threads', '?')}.", "",
              "| method | sentences/s | p50 ms | p90 ms | p99 ms | max ms | errors |",
              "|---|---:|---:|---:|---:|---:|---:|",
@@ -571,22 +619,31 @@ def parse_args(argv=None):
     ap.add_argument("--st-seconds", type=float, default=None,
                     help="sentence-transformers one-per-call timing, s (default 20; quick 5)")
     ap.add_argument("--sentences", type=int, default=2000)
-    ap.add_argument("--threads", type=int, default=0, help="model threads on both sides (default: all CPUs)")
+    ap.add_argument("--threads", type=int, default=0, help="model threads per server worker (default: all CPUs)")
+    ap.add_argument("--st-threads", type=int, default=0, help="sentence-transformers' torch threads (default: all CPUs)")
+    ap.add_argument("--workers", type=int, default=1, help="server processes (qingbert serve --workers)")
+    ap.add_argument("--results", default=None, help="results name (default serve, serve_quick with --quick)")
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=float, default=None, help="default: qingbert serve's own (ServeConfig)")
+    ap.add_argument("--encode-batch", type=int, default=None, help="default: qingbert serve's own (ServeConfig)")
     ap.add_argument("--st-child", nargs=4, metavar=("ST_DIR", "SENTENCES", "THREADS", "SECONDS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.max_wait_ms is None:
         from qingbert.serve import ServeConfig
 
         args.max_wait_ms = ServeConfig().max_wait_ms
+    if args.encode_batch is None:
+        from qingbert.serve import ServeConfig
+
+        args.encode_batch = ServeConfig().encode_batch
     q = args.quick
     for name, full, quick in (("duration", 30, 10), ("warmup", 5, 2), ("open_duration", 60, 10),
                               ("open_warmup", 5, 2), ("st_seconds", 20, 5)):
         if getattr(args, name) is None:
             setattr(args, name, quick if q else full)
-    if not args.threads:
-        args.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    args.threads = args.threads or cpus
+    args.st_threads = args.st_threads or cpus
     return args
 
 
@@ -625,7 +682,7 @@ def main(argv=None) -> None:
                                 "uvicorn", "numpy"])
     res["goals"] = goals(res)
     res["wall_s"] = round(time.perf_counter() - t0, 1)
-    name = "serve_quick" if args.quick else "serve"
+    name = args.results or ("serve_quick" if args.quick else "serve")
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     (results / f"{name}.json").write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")

@@ -14,6 +14,7 @@ import pytest
 
 from qingbert.builtin import reviews
 from qingbert.corpus import clean_text
+from qingbert.errors import QingbertError
 from qingbert.inference import load
 from qingbert.serve import (Batcher, Histogram, Metrics, ServeConfig, add_cli, detokenize,
                             running_server)
@@ -418,3 +419,85 @@ def test_server_threads_sleep_between_requests_unless_told_to_spin():
     assert idle.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     with pytest.raises(RuntimeError, match="does not have configuration"):  # ONNX Runtime's default: spinning
         session_options(2).get_session_config_entry("session.intra_op.allow_spinning")
+
+
+def test_worker_listener_gives_keep_alive_connections_tcp_nodelay():
+    """The socket `--workers N` processes share is made with proto IPPROTO_TCP, so asyncio sets TCP_NODELAY on
+    every accepted connection (uvicorn's own listener has proto 0: Nagle stays on and each keep-alive request
+    waits ~40 ms for a delayed ACK)."""
+    import socket
+
+    from qingbert.serve import _listen_socket
+
+    sock = _listen_socket("127.0.0.1", 0)
+    seen = {}
+
+    async def main():
+        async def handle(reader, writer):
+            seen["nodelay"] = writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            writer.close()
+
+        server = await asyncio.start_server(handle, sock=sock)
+        _, w = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        for _ in range(100):
+            if "nodelay" in seen:
+                break
+            await asyncio.sleep(0.01)
+        w.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+    assert seen["nodelay"] != 0
+    with pytest.raises(QingbertError, match="cannot listen on 127.0.0.1"):
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        try:
+            _listen_socket("127.0.0.1", taken.getsockname()[1])
+        finally:
+            taken.close()
+
+
+def test_two_worker_processes_serve_one_port(tiny_model):
+    """`qingbert serve --workers 2`: two processes answer on one port (their pids tell them apart), each with a
+    correct vector, and the server stops cleanly on SIGTERM."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "qingbert", "serve", str(tiny_model), "--port", str(port),
+                             "--workers", "2", "--threads", "1", "--log-level", "warning"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    base, pids = f"http://127.0.0.1:{port}", set()
+    try:
+        deadline = time.monotonic() + 180
+        with _client() as c:
+            while len(pids) < 2 and time.monotonic() < deadline:
+                assert proc.poll() is None, proc.stderr.read()[-2000:]
+                try:
+                    with httpx.Client(trust_env=False, timeout=10) as fresh:  # a new connection each time
+                        pids.add(fresh.get(base + "/health").json()["pid"])
+                except httpx.TransportError:
+                    time.sleep(0.3)
+            assert len(pids) == 2
+            want = load(tiny_model).encode([TEXTS[0]])[0]
+            for _ in range(4):  # one keep-alive connection
+                r = c.post(base + "/encode", json={"id": 1, "texts": [TEXTS[0]]})
+                assert r.status_code == 200
+                assert np.allclose(r.json()["results"][0], want, atol=1e-4)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode is not None

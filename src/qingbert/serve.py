@@ -81,9 +81,6 @@ PAIR_SEPARATOR = "|||"
 # configuration
 
 
-ENCODE_SUB_BATCH = 8  # texts per model call inside a micro-batch (sorted by length: little padding)
-
-
 @dataclass
 class ServeConfig:
     """Limits and batching of a server (the defaults are those of ``qingbert serve``)."""
@@ -91,7 +88,10 @@ class ServeConfig:
     max_texts: int = 256  # texts in one request
     max_chars: int = 4096  # characters in one text (texts are cut to the model's max length in tokens anyway)
     max_body_bytes: int = 1 << 20  # request body, by Content-Length and by the bytes received
-    max_batch: int = 32  # texts merged into one model call
+    max_batch: int = 32  # texts merged into one micro-batch
+    # texts per model forward inside a micro-batch; the encoder sorts a micro-batch by length first, so smaller
+    # runs mean less padding (benchmarks/serve.py picks it; 1 = no padding at all)
+    encode_batch: int = 8
     # how long the first request of a batch waits for others. 0 (default): no waiting -- a batch is whatever queued
     # while the model was busy, so an idle server answers at once and a loaded one still batches (measured in
     # benchmarks/serve.py: 5 ms of waiting raised p99 at 50 requests/s from 15 to 21 ms and did not raise throughput)
@@ -108,7 +108,8 @@ class ServeConfig:
 
     def check(self) -> "ServeConfig":
         """Raise a clear error for values that cannot work; returns ``self``."""
-        for name in ("max_texts", "max_chars", "max_body_bytes", "max_batch", "max_queue", "max_top_k"):
+        for name in ("max_texts", "max_chars", "max_body_bytes", "max_batch", "encode_batch", "max_queue",
+                     "max_top_k"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise QingbertError(f"serve: {name} must be a positive integer, got {value!r}")
@@ -661,14 +662,14 @@ class ServerState:
         from .index import embed
 
         # the texts of a micro-batch arrive in any order; the encoder sorts them by length and runs sub-batches of
-        # ENCODE_SUB_BATCH, so short texts are not padded to the longest one of the whole micro-batch
+        # encode_batch, so short texts are not padded to the longest one of the whole micro-batch
         import warnings
 
         from .embed import TruncationWarning
 
         with warnings.catch_warnings():  # counted in /metrics (qingbert_texts_truncated_total), not logged per batch
             warnings.simplefilter("ignore", TruncationWarning)
-            vecs = embed(self.model, texts, batch_size=min(ENCODE_SUB_BATCH, self.config.max_batch),
+            vecs = embed(self.model, texts, batch_size=min(self.config.encode_batch, self.config.max_batch),
                          pooling=self.pooling, normalize=False)
         enc = self.model.sentence_encoder(self.pooling)
         self.metrics.truncated += enc.last_truncated
@@ -922,8 +923,34 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, work
     os.environ[ENV_CONFIG] = json.dumps(spec)
     if config.api_key:
         os.environ[ENV_API_KEY] = config.api_key
-    uvicorn.run("qingbert.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, timeout_graceful_shutdown=5)
+    from uvicorn.supervisors import Multiprocess
+
+    ucfg = uvicorn.Config("qingbert.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
+                          log_level=log_level, timeout_graceful_shutdown=5)
+    try:
+        Multiprocess(ucfg, sockets=[_listen_socket(host, port)]).run()
+    except KeyboardInterrupt:
+        pass
+
+
+def _listen_socket(host: str, port: int) -> socket.socket:
+    """The listening socket the ``--workers`` processes share, made with ``proto=IPPROTO_TCP``.
+
+    uvicorn's own (``Config.bind_socket``) leaves ``proto`` at 0; the workers' accepted sockets inherit it and
+    asyncio then never sets ``TCP_NODELAY`` on them, so on Linux every keep-alive request after the first waits
+    ~40 ms for a delayed ACK (uvicorn issue #3149; measured here: 8 ms -> 55 ms per request)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise QingbertError(f"serve: cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    logging.getLogger("uvicorn.error").info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", host,
+                                            sock.getsockname()[1])
+    return sock
 
 
 @contextlib.contextmanager
@@ -980,6 +1007,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--max-batch", type=int, default=d.max_batch, help=f"texts per model call (default {d.max_batch})")
     p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
                    help=f"how long a batch waits for more requests (default {d.max_wait_ms:g})")
+    p.add_argument("--encode-batch", type=int, default=d.encode_batch,
+                   help=f"texts per model forward inside a micro-batch, sorted by length (default {d.encode_batch})")
     p.add_argument("--max-texts", type=int, default=d.max_texts, help=f"texts per request (default {d.max_texts})")
     p.add_argument("--max-chars", type=int, default=d.max_chars, help=f"characters per text (default {d.max_chars})")
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,
@@ -997,7 +1026,7 @@ def add_cli(subparsers) -> None:
 def run_cli(args) -> int:
     """Run ``qingbert serve`` from parsed arguments; returns the exit status."""
     config = ServeConfig(max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=args.max_body_bytes,
-                         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, encode_batch=args.encode_batch,
                          api_key=args.api_key or os.environ.get(ENV_API_KEY) or None, backend=args.backend,
                          threads=args.threads, pooling=args.pooling, spin=args.spin)
     serve(args.model, host=args.host, port=args.port, workers=args.workers, index_dir=args.index, config=config,
