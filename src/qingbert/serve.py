@@ -923,7 +923,10 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, work
     os.environ[ENV_CONFIG] = json.dumps(spec)
     if config.api_key:
         os.environ[ENV_API_KEY] = config.api_key
-    from uvicorn.supervisors import Multiprocess
+    if hasattr(socket, "SO_REUSEPORT"):
+        _supervise(workers, host, port, log_level)
+        return
+    from uvicorn.supervisors import Multiprocess  # no SO_REUSEPORT (Windows): one shared listening socket
 
     ucfg = uvicorn.Config("qingbert.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
                           log_level=log_level, timeout_graceful_shutdown=5)
@@ -933,8 +936,78 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, work
         pass
 
 
-def _listen_socket(host: str, port: int) -> socket.socket:
-    """The listening socket the ``--workers`` processes share, made with ``proto=IPPROTO_TCP``.
+def _worker(host: str, port: int, log_level: str) -> None:
+    """One ``--workers`` process: its own SO_REUSEPORT listener on the shared port, the app from the environment."""
+    import uvicorn
+
+    sock = _listen_socket(host, port, reuse_port=True)
+    cfg = uvicorn.Config("qingbert.serve:app_from_env", factory=True, log_level=log_level,
+                         timeout_graceful_shutdown=5)
+    uvicorn.Server(cfg).run(sockets=[sock])
+
+
+MAX_RESTARTS = 5  # workers that die within RESTART_WINDOW_S of each other before the server gives up
+RESTART_WINDOW_S = 60.0
+
+
+def _supervise(workers: int, host: str, port: int, log_level: str) -> None:
+    """Run ``workers`` processes, each listening on ``host:port`` with SO_REUSEPORT, until SIGINT / SIGTERM.
+
+    Each process has its own listening socket, so the kernel spreads new connections evenly over them.  With
+    one shared socket (uvicorn's ``--workers``), whichever idle process wakes first accepts: a burst of clients
+    can land mostly on one worker and leave the other idle (measured: 179 vs 256 requests/s between two runs of
+    the same load test).  A worker that dies is replaced; more than MAX_RESTARTS deaths within a minute stop the
+    server."""
+    import multiprocessing
+    import signal
+
+    probe = _listen_socket(host, port, reuse_port=True)  # a taken port fails here, once, by name; port 0 -> one port
+    port = probe.getsockname()[1]
+    ctx = multiprocessing.get_context("spawn")
+    stop = threading.Event()
+
+    def start():
+        p = ctx.Process(target=_worker, args=(host, port, log_level), name="qingbert-serve-worker")
+        p.start()
+        return p
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    procs = [start() for _ in range(workers)]
+    logging.getLogger("uvicorn.error").info("Uvicorn running on http://%s:%d with %d worker processes (Press "
+                                            "CTRL+C to quit)", host, port, workers)
+    deaths: list[float] = []
+    try:
+        while not stop.wait(0.5):
+            for i, p in enumerate(procs):
+                if p.is_alive():
+                    continue
+                now = time.monotonic()
+                deaths = [t for t in deaths if now - t < RESTART_WINDOW_S] + [now]
+                if len(deaths) > MAX_RESTARTS:
+                    raise QingbertError(f"serve: {len(deaths)} worker processes died within "
+                                        f"{RESTART_WINDOW_S:.0f} s (last exit code {p.exitcode}); stopping")
+                log.warning("serve: worker pid %s exited with code %s; starting another", p.pid, p.exitcode)
+                procs[i] = start()
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()  # SIGTERM: uvicorn finishes the requests in flight
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        probe.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _listen_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A listening socket for ``--workers`` processes (shared, or one per process with ``reuse_port``), made with
+    ``proto=IPPROTO_TCP``.
 
     uvicorn's own (``Config.bind_socket``) leaves ``proto`` at 0; the workers' accepted sockets inherit it and
     asyncio then never sets ``TCP_NODELAY`` on them, so on Linux every keep-alive request after the first waits
@@ -942,14 +1015,14 @@ def _listen_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
         raise QingbertError(f"serve: cannot listen on {host}:{port}: {e.strerror or e}") from None
     sock.set_inheritable(True)
-    logging.getLogger("uvicorn.error").info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", host,
-                                            sock.getsockname()[1])
     return sock
 
 
