@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -405,8 +406,16 @@ def test_cli_flags():
     args = parser.parse_args(["serve", "M", "--port", "9001", "--api-key", "k", "--index", "I", "--max-batch", "8",
                               "--max-wait-ms", "2", "--workers", "2"])
     assert (args.model, args.port, args.api_key, args.index, args.max_batch, args.max_wait_ms, args.workers) == \
-        ("M", 9001, "k", "I", 8, 2.0, 2)
+        ("M", 9001, "k", "I", 8, 2.0, "2")
     assert args.host == "127.0.0.1" and callable(args.run_cli)
+    from qingbert.serve import resolve_workers
+
+    assert resolve_workers(args.workers, args.threads, args.encode_batch) == (2, 0, ServeConfig().encode_batch)
+    cores = len(os.sched_getaffinity(0))
+    assert resolve_workers("auto", 0, None) == (cores, 1, 1)
+    assert resolve_workers("auto", 2, 4) == (cores, 2, 4)  # what is given stays
+    with pytest.raises(QingbertError, match="--workers must be a number or 'auto', got 'many'"):
+        resolve_workers("many", 0, None)
 
 
 def test_server_threads_sleep_between_requests_unless_told_to_spin():

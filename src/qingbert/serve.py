@@ -916,7 +916,7 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, work
         return
     if not config.threads:  # N processes share the cores
         config.threads = max(1, (os.cpu_count() or 1) // workers)
-    create_app(model_dir, index_dir, config)  # fail now, once, on a bad folder or index
+    _check_in_child(model_dir, index_dir, config)  # fail now, once, on a bad folder or index
     spec = {"model_dir": str(Path(model_dir).resolve()),
             "index_dir": str(Path(index_dir).resolve()) if index_dir else None,
             "config": {k: v for k, v in asdict(config).items() if k != "api_key"}}
@@ -934,6 +934,35 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, work
         Multiprocess(ucfg, sockets=[_listen_socket(host, port)]).run()
     except KeyboardInterrupt:
         pass
+
+
+def _check_app(conn, model_dir, index_dir, config) -> None:
+    try:
+        create_app(model_dir, index_dir, config)
+        conn.send(None)
+    except QingbertError as e:
+        conn.send(str(e))
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it as a clear error
+        conn.send(f"{type(e).__name__}: {e}")
+
+
+def _check_in_child(model_dir, index_dir, config: ServeConfig) -> None:
+    """Build the app once in a throw-away process: a bad folder or index fails before any worker starts, and the
+    supervisor does not keep a model of its own in memory (each worker loads one)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=_check_app, args=(child, str(model_dir), index_dir and str(index_dir), config))
+    p.start()
+    child.close()
+    try:
+        error = parent.recv()
+    except EOFError:
+        error = "the process checking the model folder died"
+    p.join()
+    if error is not None:
+        raise QingbertError(error if error.startswith("serve") else f"serve: {error}")
 
 
 def _worker(host: str, port: int, log_level: str) -> None:
@@ -1073,15 +1102,18 @@ def add_cli(subparsers) -> None:
     p.add_argument("model", metavar="MODEL", help="model folder (any qingbert.load folder)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; 0.0.0.0: all)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--workers", type=int, default=1, help="server processes, each with its own model (default 1)")
+    p.add_argument("--workers", default="1",
+                   help="server processes, each with its own model (default 1); 'auto': one per core, each with one "
+                        "model thread and unpadded forwards (--encode-batch 1), the fastest on CPU (benchmarks/serve.py)")
     p.add_argument("--api-key", default=None,
                    help=f"require this key (Authorization: Bearer KEY or X-API-Key); default ${ENV_API_KEY}")
     p.add_argument("--index", default=None, help="index folder (qingbert index build) for POST /search")
     p.add_argument("--max-batch", type=int, default=d.max_batch, help=f"texts per model call (default {d.max_batch})")
     p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
                    help=f"how long a batch waits for more requests (default {d.max_wait_ms:g})")
-    p.add_argument("--encode-batch", type=int, default=d.encode_batch,
-                   help=f"texts per model forward inside a micro-batch, sorted by length (default {d.encode_batch})")
+    p.add_argument("--encode-batch", type=int, default=None,
+                   help=f"texts per model forward inside a micro-batch, sorted by length (default {d.encode_batch}; "
+                        "1 with --workers auto)")
     p.add_argument("--max-texts", type=int, default=d.max_texts, help=f"texts per request (default {d.max_texts})")
     p.add_argument("--max-chars", type=int, default=d.max_chars, help=f"characters per text (default {d.max_chars})")
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,
@@ -1096,16 +1128,33 @@ def add_cli(subparsers) -> None:
     p.set_defaults(run_cli=run_cli)
 
 
+def resolve_workers(workers: str | int, threads: int, encode_batch: int | None) -> tuple[int, int, int]:
+    """``--workers`` / ``--threads`` / ``--encode-batch`` as given -> ``(workers, threads, encode_batch)``.
+
+    ``auto`` is one process per core with one model thread each and unpadded forwards: on 2 cores that served
+    306 requests/s against 194 for one process with 2 threads (benchmarks/serve.py, BENCHMARKS.md)."""
+    if str(workers).strip().lower() == "auto":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return cores, threads or 1, encode_batch or 1
+    try:
+        n = int(workers)
+    except ValueError:
+        raise QingbertError(f"serve: --workers must be a number or 'auto', got '{workers}'") from None
+    return n, threads, encode_batch or ServeConfig.encode_batch
+
+
 def run_cli(args) -> int:
     """Run ``qingbert serve`` from parsed arguments; returns the exit status."""
+    workers, args.threads, args.encode_batch = resolve_workers(args.workers, args.threads, args.encode_batch)
     config = ServeConfig(max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=args.max_body_bytes,
                          max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, encode_batch=args.encode_batch,
                          api_key=args.api_key or os.environ.get(ENV_API_KEY) or None, backend=args.backend,
                          threads=args.threads, pooling=args.pooling, spin=args.spin)
-    serve(args.model, host=args.host, port=args.port, workers=args.workers, index_dir=args.index, config=config,
+    serve(args.model, host=args.host, port=args.port, workers=workers, index_dir=args.index, config=config,
           log_level=args.log_level)
     return 0
 
 
 __all__ = ["ServeConfig", "create_app", "serve", "running_server", "app_from_env", "add_cli", "run_cli", "ApiError",
+           "resolve_workers",
            "Batcher", "Metrics", "check_texts", "detokenize"]
