@@ -138,19 +138,25 @@ def start_server(folder: str, port: int, args) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def wait_health(base: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> dict:
-    """Poll ``GET /health`` until it answers; raises with the server's stderr tail if the process dies."""
+def wait_health(base: str, proc: subprocess.Popen, timeout_s: float = 120.0, workers: int = 1) -> dict:
+    """Poll ``GET /health`` (a new connection each time) until ``workers`` different server processes have
+    answered -- clients that connect while only some workers listen would all stay on those; raises with the
+    server's stderr tail if the process dies."""
     deadline = time.monotonic() + timeout_s
+    pids: set = set()
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = " | ".join((proc.stderr.read() or "").strip().splitlines()[-5:])
             raise RuntimeError(f"the server exited with {proc.returncode}: {tail}")
         try:
             with urllib.request.urlopen(base + "/health", timeout=2) as r:
-                return json.loads(r.read())
+                health = json.loads(r.read())
+            pids.add(health.get("pid"))
+            if len(pids) >= workers:
+                return health
         except OSError:
             time.sleep(0.2)
-    raise RuntimeError(f"no /health answer within {timeout_s:.0f} s")
+    raise RuntimeError(f"not all {workers} server processes answered /health within {timeout_s:.0f} s")
 
 
 def tree_pids(pid: int) -> list[int]:
@@ -446,7 +452,7 @@ def run_server_phases(exported: str, sentences: list[str], args) -> dict:
     t = time.perf_counter()
     proc = start_server(exported, port, args)
     try:
-        health = wait_health(base, proc)
+        health = wait_health(base, proc, workers=args.workers)
         out = {"health": {k: health.get(k) for k in ("backend", "dim", "pooling", "kind", "version")},
                "startup_s": round(time.perf_counter() - t, 1), "rss_after_start_mib": round(rss_mib(proc.pid), 1),
                "server": {"workers": args.workers, "threads": args.threads, "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
