@@ -315,6 +315,11 @@ def test_cli_finetune_prompt_few_shot_and_flag_errors(tok_and_model, sentiment_d
     assert json.loads((out / "dev_metrics.json").read_text())["accuracy"] == pytest.approx(
         100 * sum(r["label"] == line[0] for r, line in zip(rows, (sentiment_dir / "dev.tsv").read_text(
             encoding="utf-8").splitlines()[1:])) / 24)
+    # ... and texts given on the command line, one JSON result per line
+    assert main(["predict", "--model", str(out), "--text", texts[0], "--text", texts[1]]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["label"] for x in lines] == [r["label"] for r in rows[:2]]
+    assert all(x["score"] == max(x["scores"].values()) and set(x["scores"]) == {"1", "0"} for x in lines)
     assert main(["finetune", "--model", str(folder), "--task", "chnsenticorp", "--data", str(sentiment_dir),
                  "--out", str(tmp_path / "x"), "--prompt", TEMPLATE]) == 2
     assert "--prompt and --verbalizer go together" in capsys.readouterr().err

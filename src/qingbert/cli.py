@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .errors import QingbertError
 
@@ -612,7 +613,19 @@ def _run_predict(args) -> None:
         print(f"wrote {r['file']} ({r['examples']} {r['split']} examples, backend {r['backend']})")
         return
     from .inference import PAIR_SEPARATOR, load
+    from .manifest import read_manifest
+    from .prompt import FORMAT as PROMPT_FORMAT
 
+    m = read_manifest(args.model) if Path(args.model).is_dir() else None
+    if m is not None and m.get("format") == PROMPT_FORMAT:  # a PET folder: its template and verbaliser label
+        from .prompt import prompt_predict
+
+        sep = PAIR_SEPARATOR.strip()
+        items = [tuple(x.strip() for x in t.split(sep, 1)) if sep in t else t for t in texts]
+        results = [{"label": lab, "score": probs[lab], "scores": probs}
+                   for lab, probs in prompt_predict(args.model, items, batch_size=args.batch_size)]
+        _write_results(results, args.out, "torch")
+        return
     model = load(args.model, backend=args.backend)
     if model.kind == "mrc":
         items = []
@@ -623,13 +636,16 @@ def _run_predict(args) -> None:
             items.append({"question": q.strip(), "context": c.strip()})
     else:
         items = texts
-    results = model.predict(items, batch_size=args.batch_size)
+    _write_results(model.predict(items, batch_size=args.batch_size), args.out, model.backend)
+
+
+def _write_results(results, out, backend: str) -> None:
     lines = [json.dumps(r, ensure_ascii=False) for r in results]
-    if args.out:
+    if out:
         from .manifest import atomic_write_text
 
-        atomic_write_text(args.out, "\n".join(lines) + "\n")
-        print(f"wrote {args.out} ({len(lines)} predictions, backend {model.backend})")
+        atomic_write_text(out, "\n".join(lines) + "\n")
+        print(f"wrote {out} ({len(lines)} predictions, backend {backend})")
     else:
         print("\n".join(lines))
 
