@@ -25,5 +25,6 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/distill.py
 	$(PY) benchmarks/distill_quality.py
 	$(PY) benchmarks/speed.py
-	$(PY) benchmarks/serve.py
+	$(PY) benchmarks/serve.py --workers auto
+	$(PY) benchmarks/serve.py --results serve_default
 	$(PY) benchmarks/objectives.py

@@ -30,11 +30,11 @@ cores with the server (reported), ST runs alone.  About 3-4 minutes on 2 cores:
 
     python benchmarks/serve.py          # --quick (10 s phases); --clients 32 --duration 30 --rate 50
                                         # --open-duration 60 --threads 2 --max-batch 32 --max-wait-ms 0
-                                        # --workers 2 --threads 1 --encode-batch 1 --st-threads 2
+                                        # --workers auto (= 2 x 1 thread, encode_batch 1 on 2 cores) --st-threads 2
 
 Results: `benchmarks/results/serve.json` and `serve.md` (`serve_quick.*` with --quick; `--results NAME` for
-another name).  `--workers 2 --threads 1 --encode-batch 1` is the tuned deployment on 2 cores (one process per
-core, no padding); the defaults are `qingbert serve`'s own (1 worker, all cores, encode_batch 8).
+another name).  `--workers auto` is the tuned deployment (`qingbert serve --workers auto`: one process per
+core, one thread, no padding); the defaults are `qingbert serve`'s own (1 worker, all cores, encode_batch 8).
 """
 
 from __future__ import annotations
@@ -627,13 +627,17 @@ def parse_args(argv=None):
     ap.add_argument("--sentences", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=0, help="model threads per server worker (default: all CPUs)")
     ap.add_argument("--st-threads", type=int, default=0, help="sentence-transformers' torch threads (default: all CPUs)")
-    ap.add_argument("--workers", type=int, default=1, help="server processes (qingbert serve --workers)")
+    ap.add_argument("--workers", default="1", help="server processes (qingbert serve --workers N or auto)")
     ap.add_argument("--results", default=None, help="results name (default serve, serve_quick with --quick)")
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=float, default=None, help="default: qingbert serve's own (ServeConfig)")
     ap.add_argument("--encode-batch", type=int, default=None, help="default: qingbert serve's own (ServeConfig)")
     ap.add_argument("--st-child", nargs=4, metavar=("ST_DIR", "SENTENCES", "THREADS", "SECONDS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    from qingbert.serve import resolve_workers
+
+    # `auto`: what `qingbert serve --workers auto` picks (one process per core, 1 thread, encode_batch 1)
+    args.workers, args.threads, args.encode_batch = resolve_workers(args.workers, args.threads, args.encode_batch)
     if args.max_wait_ms is None:
         from qingbert.serve import ServeConfig
 
@@ -648,7 +652,7 @@ def parse_args(argv=None):
         if getattr(args, name) is None:
             setattr(args, name, quick if q else full)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    args.threads = args.threads or cpus
+    args.threads = args.threads or max(1, cpus // args.workers)
     args.st_threads = args.st_threads or cpus
     return args
 
