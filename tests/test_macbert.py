@@ -263,7 +263,8 @@ def test_training_steps_and_saved_model_loads(small_prepared, similar_dir, tmp_p
     objective, collate, eval_collate, info = make_objective("minirbt-h256", tok, cfg,
                                                             {"similar_words": str(similar_dir[0]), "sop": sop},
                                                             small_prepared)
-    assert type(eval_collate) is WWMCollator and eval_collate.cfg.mlm_probability == 0.15
+    plain = eval_collate.base if sop else eval_collate
+    assert type(plain) is WWMCollator and plain.cfg.mlm_probability == 0.15
     assert info["macbert"]["sop"] is sop and info["config_updates"]
     trainer = Trainer(objective, train_ds, collate, tmp_path, cfg.train, eval_data=eval_ds, eval_collate=eval_collate)
     before, after, history, final = train_and_save(trainer, tok, tmp_path, False,
@@ -272,6 +273,14 @@ def test_training_steps_and_saved_model_loads(small_prepared, similar_dir, tmp_p
     assert len(losses) == 2 and all(np.isfinite(losses)) and np.isfinite(after["loss"])
     last = [h for h in history if h["split"] == "train"][-1]
     assert ("sop_accuracy" in last) is sop and 0 <= last.get("sop_accuracy", 0) <= 1
+    assert ("sop_accuracy" in after) is sop and 0 <= after.get("sop_accuracy", 0) <= 1  # held out, too
+    if sop:  # the held-out draw is the same every evaluation, and both orders occur
+        examples = [{**eval_ds[i], "index": i} for i in range(min(16, len(eval_ds)))]
+        a, b = eval_collate(examples), eval_collate(examples)
+        assert torch.equal(a["sop_labels"], b["sop_labels"]) and torch.equal(a["input_ids"], b["input_ids"])
+        assert {0, 1} <= set(a["sop_labels"].tolist())
+        swapped = int(torch.nonzero(a["sop_labels"] == 1)[0])
+        assert a["token_type_ids"][swapped].max() == 1 and a["token_type_ids"][swapped, 0] == 0
     assert info["collator_stats"]["sequences"] >= 16 and info["collator_stats"]["words_chosen"] > 0
     loss, metrics = objective(collate([{**train_ds[i], "index": i} for i in range(8)]))
     assert torch.isfinite(loss) and ("sop_accuracy" in metrics) is sop

@@ -294,6 +294,33 @@ class MacBERTCollator(WWMCollator):
         return batch
 
 
+class SOPEvalCollator:
+    """Held-out batches for MacBERT with SOP: each sequence split and (half the time) swapped as in training,
+    with the same seeded draw every evaluation, then masked by the plain WWM ``base`` collator, so one
+    evaluation gives both the masked accuracy and the held-out SOP accuracy."""
+
+    def __init__(self, base: WWMCollator, seed: int = 0):
+        self.base, self.seed = base, seed
+
+    def __call__(self, examples: list[dict]) -> dict:
+        reordered, types, sop = [], [], []
+        for e in examples:
+            ids = np.asarray(e["input_ids"], dtype=np.int64)
+            wid = np.asarray(e["word_ids"], dtype=np.int64)
+            rng = np.random.default_rng([self.seed, int(e["index"]), SOP_STREAM])
+            ids, wid, _, tt, label = sop_example(ids, wid, np.zeros_like(ids), rng)
+            reordered.append({**e, "input_ids": ids.tolist(), "word_ids": wid.tolist()})
+            types.append(tt)
+            sop.append(label)
+        batch = self.base(reordered)
+        tt = np.zeros(tuple(batch["input_ids"].shape), dtype=np.int64)
+        for i, t in enumerate(types):
+            tt[i, :len(t)] = t
+        batch["token_type_ids"] = torch.from_numpy(tt)
+        batch["sop_labels"] = torch.tensor(sop, dtype=torch.long)
+        return batch
+
+
 # ---------------------------------------------------------------------------
 # The objective
 
@@ -440,6 +467,8 @@ def make_objective(model: str, tokenizer, cfg, options: dict, data_dir) -> tuple
     # held-out masked accuracy: the plain WWM masks at BERT's 15 %, exactly as the wwm objective evaluates
     eval_collate = WWMCollator(info_tok, replace(cfg.masking, mlm_probability=EVAL_MLM_PROBABILITY),
                                seed=cfg.train.seed)
+    if mcfg.sop:  # ... on sequences split and swapped as in training: held-out SOP accuracy too
+        eval_collate = SOPEvalCollator(eval_collate, seed=cfg.train.seed)
     m = similar.manifest
     info = {
         "init": {**init, **sop_info},
@@ -447,7 +476,8 @@ def make_objective(model: str, tokenizer, cfg, options: dict, data_dir) -> tuple
                                                       "words": len(similar), "settings": m.get("settings"),
                                                       "choice": m.get("choice")},
                     "eval": f"plain whole-word masking at {EVAL_MLM_PROBABILITY:.0%} ([MASK] 80 / random 10 / "
-                            "kept 10)"},
+                            "kept 10)" + ("; SOP on held-out sequences split and swapped as in training"
+                                          if mcfg.sop else "")},
         "config_updates": config_updates,
         "collator_stats": train_collate.stats,
     }
@@ -455,6 +485,6 @@ def make_objective(model: str, tokenizer, cfg, options: dict, data_dir) -> tuple
 
 
 
-__all__ = ["MacBERTConfig", "MacBERTCollator", "MacBERTObjective", "SimilarWords", "build_similar_words",
+__all__ = ["MacBERTConfig", "MacBERTCollator", "MacBERTObjective", "SOPEvalCollator", "SimilarWords", "build_similar_words",
            "load_similar_words", "choose_ngrams", "macbert_mask", "sop_example", "pretraining_loss",
            "to_pretraining_model", "make_objective", "parse_options", "vocab_fingerprint"]
