@@ -642,10 +642,6 @@ def parse_args(argv=None):
         from qingbert.serve import ServeConfig
 
         args.max_wait_ms = ServeConfig().max_wait_ms
-    if args.encode_batch is None:
-        from qingbert.serve import ServeConfig
-
-        args.encode_batch = ServeConfig().encode_batch
     q = args.quick
     for name, full, quick in (("duration", 30, 10), ("warmup", 5, 2), ("open_duration", 60, 10),
                               ("open_warmup", 5, 2), ("st_seconds", 20, 5)):

@@ -708,6 +708,13 @@ def prompt_finetune(model: str, task, out: str | Path, data_dir: str | None = No
     return result
 
 
+def _probabilities(net, tok, label_ids, rows, batch_size: int) -> np.ndarray:
+    """Label probabilities (softmax over the verbaliser words at the mask) of encoded prompt ``rows``."""
+    objective = PromptObjective(net, label_ids).to(_device())
+    collate = PromptCollator(tok.pad_token_id, getattr(tok, "padding_side", "right"))
+    return softmax(label_scores(objective, rows, collate, batch_size))
+
+
 def evaluate_prompt(model: str, task, template: str, verbalizer, data_dir: str | None = None, *,
                     split: str = "dev", max_len: int = 128, batch_size: int = 64,
                     tokenizer: str | None = None) -> dict:
@@ -725,9 +732,7 @@ def evaluate_prompt(model: str, task, template: str, verbalizer, data_dir: str |
     net, _ = load_prompt_model(model, cfg)
     _check_vocab(net, tok, label_ids, model)
     rows, report = encode_prompts(examples, tok, tpl, {lab: i for i, lab in enumerate(labels)}, max_len)
-    objective = PromptObjective(net, label_ids).to(_device())
-    collate = PromptCollator(tok.pad_token_id, getattr(tok, "padding_side", "right"))
-    probs = softmax(label_scores(objective, rows, collate, batch_size))
+    probs = _probabilities(net, tok, label_ids, rows, batch_size)
     return {"split": split, "scores": _score(t, examples, probs), "encode": report, "labels": labels,
             "verbalizer": verb, "label_tokens": tok.convert_ids_to_tokens(label_ids)}
 
@@ -775,9 +780,7 @@ def prompt_predict(folder_or_model: str | Path, texts, template: str | None = No
     if not examples:
         return []
     rows, _ = encode_prompts(examples, tok, tpl, {}, max_len)
-    objective = PromptObjective(net, label_ids).to(_device())
-    probs = softmax(label_scores(objective, rows, PromptCollator(tok.pad_token_id,
-                                                                 getattr(tok, "padding_side", "right")), batch_size))
+    probs = _probabilities(net, tok, label_ids, rows, batch_size)
     return [(labels[int(np.argmax(p))], {lab: float(x) for lab, x in zip(labels, p)}) for p in probs]
 
 
@@ -800,9 +803,7 @@ def predict_task(folder: str | Path, task, out_file: str | Path | None = None, d
     _check_vocab(net, tok, label_ids, str(folder))
     examples = t.splits[split]
     rows, report = encode_prompts(examples, tok, tpl, {lab: i for i, lab in enumerate(t.labels)}, cfg.max_len)
-    objective = PromptObjective(net, label_ids).to(_device())
-    probs = softmax(label_scores(objective, rows, PromptCollator(tok.pad_token_id,
-                                                                 getattr(tok, "padding_side", "right")), batch_size))
+    probs = _probabilities(net, tok, label_ids, rows, batch_size)
     head = ClassificationHead(t)
     preds = [head.labels[int(np.argmax(p))] for p in probs]
     out_file = Path(out_file) if out_file else folder / f"{t.name}_predict.jsonl"
