@@ -915,7 +915,7 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, work
         uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
         return
     if not config.threads:  # N processes share the cores
-        config.threads = max(1, (os.cpu_count() or 1) // workers)
+        config.threads = max(1, _cores() // workers)
     _check_in_child(model_dir, index_dir, config)  # fail now, once, on a bad folder or index
     spec = {"model_dir": str(Path(model_dir).resolve()),
             "index_dir": str(Path(index_dir).resolve()) if index_dir else None,
@@ -1128,14 +1128,18 @@ def add_cli(subparsers) -> None:
     p.set_defaults(run_cli=run_cli)
 
 
+def _cores() -> int:
+    """CPUs this process may run on (its affinity, which containers and taskset narrow), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def resolve_workers(workers: str | int, threads: int, encode_batch: int | None) -> tuple[int, int, int]:
     """``--workers`` / ``--threads`` / ``--encode-batch`` as given -> ``(workers, threads, encode_batch)``.
 
     ``auto`` is one process per core with one model thread each and unpadded forwards: on 2 cores that served
     306 requests/s against 194 for one process with 2 threads (benchmarks/serve.py, BENCHMARKS.md)."""
     if str(workers).strip().lower() == "auto":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return cores, threads or 1, encode_batch or 1
+        return _cores(), threads or 1, encode_batch or 1
     try:
         n = int(workers)
     except ValueError:
