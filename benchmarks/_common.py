@@ -86,7 +86,7 @@ def prepare_corpus(sources: list[str], work, seq_len: int):
     from pathlib import Path
 
     from qingbert.prepare import load_prepared, prepare
-    from qingbert.vocab import load_tokenizer
+    from qingbert.models.loading import load_tokenizer
 
     work = Path(work)
     t = time.perf_counter()
@@ -109,7 +109,7 @@ def save_initial_mlm(zoo_name: str, vocab: int, tok, data_dir, folder, seed: int
     import torch
     from transformers import BertForMaskedLM
 
-    from qingbert import zoo
+    from qingbert.models import zoo
 
     config = zoo.build_config(zoo_name, vocab_size=vocab)
     config.pad_token_id = tok.pad_token_id

@@ -199,7 +199,7 @@ def run_qingbert(args, teacher_backend: str | None = None) -> dict:
     torch.set_num_threads(args.threads)
     from qingbert.distill import DistillConfig, GeneralDistillObjective
     from qingbert.pretrain import open_data
-    from qingbert.train import Trainer
+    from qingbert.training.loop import Trainer
 
     torch.manual_seed(SEED)  # (the projections are initialised before the Trainer seeds everything)
     work = Path(args.work)

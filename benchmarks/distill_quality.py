@@ -92,7 +92,7 @@ def agreement(teacher: Path, student: Path, data: Path, work: Path, recipe: dict
     from qingbert.distill import DistillConfig, GeneralDistillObjective
     from qingbert.mlm import WWMCollator
     from qingbert.pretrain import load_mlm, open_data, tokenizer_info
-    from qingbert.train import Trainer
+    from qingbert.training.loop import Trainer
 
     train_ds, eval_ds, tok, _ = open_data(data)
     cfg = DistillConfig.from_dict(dict(recipe, save_every=0, progress=False))
@@ -135,8 +135,8 @@ def main() -> None:
 
     from transformers.utils import logging as tlog
 
-    from qingbert.demo import (FINETUNE_RECIPE, FINETUNE_TASKS, GENERAL_DISTILL_RECIPE, STUDENT, STUDENT_SHAPE,
-                               TASK_DISTILL_RECIPE)
+    from qingbert.demo import (
+        FINETUNE_RECIPE, FINETUNE_TASKS, GENERAL_DISTILL_RECIPE, STUDENT, STUDENT_SHAPE, TASK_DISTILL_RECIPE)
     from qingbert.distill import distill, distill_general, distill_task
     from qingbert.finetune import finetune
     from qingbert.tasks import load_task

@@ -170,8 +170,9 @@ def bench_pet(model: Path, work: Path, seeds: list[int]) -> dict:
 
 def wide_vocab_model(corpus: Path, out: Path) -> Path:
     """A MiniRBT-H256-shape masked LM whose vocabulary is the corpus's plus unused CJK characters, 21,128 in all."""
-    from qingbert import zoo
-    from qingbert.vocab import load_tokenizer, make_tokenizer, save_tokenizer
+    from qingbert.models import zoo
+    from qingbert.models.loading import load_tokenizer
+    from qingbert.models.tokenizer import make_tokenizer, save_tokenizer
 
     tok = load_tokenizer(str(corpus / "tokenizer"))
     vocab = dict(tok.get_vocab())

@@ -264,7 +264,7 @@ def run_profile(args) -> dict:
     torch.set_num_threads(args.threads)
     from qingbert.mlm import MLMObjective, WWMCollator, mlm_head
     from qingbert.pretrain import PretrainConfig, load_mlm, open_data, tokenizer_info
-    from qingbert.train import Trainer
+    from qingbert.training.loop import Trainer
 
     work = Path(args.work)
     cfg = PretrainConfig.from_dict({"batch_size": args.batch, "max_steps": args.steps, "lr": LR,

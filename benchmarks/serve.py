@@ -83,10 +83,12 @@ def build_models(work: Path) -> dict:
     import torch
     from transformers.utils import logging as tlog
 
-    from qingbert import zoo
+    from qingbert.models import zoo
     from qingbert.embed import save_sentence_transformers
     from qingbert.export import export
-    from qingbert.vocab import build_vocab, load_tokenizer, save_tokenizer
+    from qingbert.vocab import build_vocab
+    from qingbert.models.loading import load_tokenizer
+    from qingbert.models.tokenizer import save_tokenizer
 
     tlog.set_verbosity_error()
     tlog.disable_progress_bar()

@@ -51,7 +51,7 @@ def tiny_model(small_prepared, tmp_path_factory):
     import torch
     from transformers import BertConfig, BertForMaskedLM
 
-    from qingbert.vocab import load_tokenizer
+    from qingbert.models.loading import load_tokenizer
 
     torch.manual_seed(0)
     tok = load_tokenizer(str(small_prepared / "tokenizer"))

@@ -12,15 +12,15 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertConfig, BertForMaskedLM
 
-from qingbert.distill import (DistillConfig, GeneralDistillObjective, Shape, default_layers, distill,
-                              distill_general, distill_task, init_from_teacher_layers, preset_matches,
-                              resolve_matches)
+from qingbert.distill import (
+    DistillConfig, GeneralDistillObjective, Shape, default_layers, distill, distill_general, distill_task,
+    init_from_teacher_layers, preset_matches, resolve_matches)
 from qingbert.errors import QingbertError
 from qingbert.losses import kd_ce
 from qingbert.mlm import IGNORE, WWMCollator
 from qingbert.pretrain import pretrain, tokenizer_info
-from qingbert.train import list_checkpoints
-from qingbert.vocab import load_tokenizer
+from qingbert.training.loop import list_checkpoints
+from qingbert.models.loading import load_tokenizer
 
 from .conftest import cli_env, run_cli, run_without_qingbert
 

@@ -8,14 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qingbert.electra import (GENERATOR, ElectraConfig, ElectraObjective, load_electra, make_objective,
-                              replace_tokens)
+from qingbert.electra import (
+    GENERATOR, ElectraConfig, ElectraObjective, load_electra, make_objective, replace_tokens)
 from qingbert.errors import QingbertError
 from qingbert.mlm import IGNORE
 from qingbert.prepare import load_prepared
 from qingbert.pretrain import PretrainConfig
-from qingbert.train import Trainer, TrainConfig
-from qingbert.vocab import load_tokenizer, save_tokenizer
+from qingbert.training.loop import Trainer, TrainConfig
+from qingbert.models.loading import load_tokenizer
+from qingbert.models.tokenizer import save_tokenizer
 
 from .conftest import run_without_qingbert
 
@@ -74,7 +75,7 @@ def test_default_generator_shape_follows_electra(tok):
     assert isinstance(obj, ElectraObjective) and obj.name == "electra" and obj.trained_model() is obj.discriminator
     assert info["generator"] == {**info["generator"], "hidden": 8, "layers": 1, "heads": 1, "ffn": 32,
                                  "embedding_size": 16}
-    from qingbert import zoo
+    from qingbert.models import zoo
     from qingbert.electra import generator_config
 
     for name, (h, heads, ffn) in {"electra-small": (64, 1, 256), "electra-base": (192, 3, 768)}.items():
@@ -205,7 +206,7 @@ def test_embeddings_are_shared_and_trained_by_both_losses(tok, small_prepared):
 
 
 def test_train_save_load_without_qingbert_and_finetune(tok, small_prepared, tmp_path):
-    from qingbert import zoo
+    from qingbert.models import zoo
     from qingbert.finetune import FinetuneConfig, load_for_task
 
     cfg = pcfg()

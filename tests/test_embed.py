@@ -12,8 +12,9 @@ import torch
 from scipy.stats import spearmanr
 
 from qingbert.corpus import clean_text
-from qingbert.embed import (SentenceEncoder, TruncationWarning, add_cli, cosent_loss, evaluate_sts,
-                            fit_whitening, folder_settings, info_nce, run_cli, train_simcse, whiten_model)
+from qingbert.embed import (
+    SentenceEncoder, TruncationWarning, add_cli, cosent_loss, evaluate_sts, fit_whitening, folder_settings,
+    info_nce, run_cli, train_simcse, whiten_model)
 from qingbert.errors import QingbertError
 
 from .conftest import run_without_qingbert
@@ -35,7 +36,8 @@ def sentences():
 @pytest.fixture(scope="module")
 def tok_dir(sentences, tmp_path_factory):
     """A character vocabulary over the test sentences (fast to build)."""
-    from qingbert.vocab import SPECIALS, make_tokenizer, save_tokenizer
+    from qingbert.vocab import SPECIALS
+    from qingbert.models.tokenizer import make_tokenizer, save_tokenizer
 
     chars = sorted({c.lower() for t in sentences + TEXTS for c in t if not c.isspace()})
     vocab = {tok: i for i, tok in enumerate(SPECIALS + [c for c in chars if c not in SPECIALS])}
@@ -45,7 +47,8 @@ def tok_dir(sentences, tmp_path_factory):
 def _tiny(tok_dir, folder, cls, layers=2, seed=0):
     from transformers import BertConfig
 
-    from qingbert.vocab import load_tokenizer, save_tokenizer
+    from qingbert.models.loading import load_tokenizer
+    from qingbert.models.tokenizer import save_tokenizer
 
     tok = load_tokenizer(str(tok_dir))
     torch.manual_seed(seed)
@@ -76,7 +79,7 @@ def hf(bert_dir):
     """The reference: the transformers model run on one text at a time (no padding at all)."""
     from transformers import BertModel
 
-    from qingbert.vocab import load_tokenizer
+    from qingbert.models.loading import load_tokenizer
 
     model = BertModel.from_pretrained(str(bert_dir)).eval()
     tok = load_tokenizer(str(bert_dir))
@@ -330,7 +333,7 @@ def test_folders_load_in_sentence_transformers_without_qingbert(simcse_dir, whit
 
 
 def test_onnx_backend_for_last_layer_pooling(bert_dir, tmp_path):
-    from qingbert.export import export_onnx
+    from qingbert.models.onnx import export_onnx
 
     d = tmp_path / "bert"
     shutil.copytree(bert_dir, d)

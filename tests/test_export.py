@@ -12,7 +12,7 @@ import qingbert
 from qingbert.errors import QingbertError
 from qingbert.export import check_parity, export
 from qingbert.finetune import finetune
-from qingbert.inference import available_backends, describe
+from qingbert.models.backends import available_backends, describe
 
 from .conftest import run_cli
 

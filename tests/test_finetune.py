@@ -9,7 +9,7 @@ import torch
 from qingbert import builtin
 from qingbert.errors import QingbertError
 from qingbert.finetune import finetune
-from qingbert.vocab import load_tokenizer
+from qingbert.models.loading import load_tokenizer
 
 from .conftest import run_cli, run_without_qingbert
 

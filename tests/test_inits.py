@@ -7,7 +7,7 @@ import torch
 from transformers import BertConfig, BertForMaskedLM, ElectraConfig, ElectraForMaskedLM
 
 from qingbert.errors import QingbertError
-from qingbert.inits import apply_init, local_attention_init
+from qingbert.models.inits import apply_init, local_attention_init
 from qingbert.mlm import IGNORE, masked_lm_loss
 
 

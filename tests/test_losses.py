@@ -13,20 +13,8 @@ import torch
 
 from qingbert.errors import QingbertError
 from qingbert.losses import (
-    FEATURE_OF,
-    LOSSES,
-    Schedule,
-    attention_kl,
-    attention_mse,
-    get_loss,
-    hard_ce,
-    hidden_cos,
-    hidden_mse,
-    kd_ce,
-    kd_mse,
-    make_projection,
-    pkd,
-)
+    FEATURE_OF, LOSSES, Schedule, attention_kl, attention_mse, get_loss, hard_ce, hidden_cos, hidden_mse, kd_ce,
+    kd_mse, make_projection, pkd)
 
 B, L, C, D = 2, 5, 4, 6
 # batch 0 has 3 real tokens, batch 1 has all 5

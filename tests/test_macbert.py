@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from qingbert.errors import QingbertError
-from qingbert.macbert import (FORMAT, MacBERTCollator, MacBERTConfig, SimilarWords, build_similar_words,
-                              load_similar_words, macbert_mask, make_objective, pretraining_loss, sop_example,
-                              to_pretraining_model)
+from qingbert.macbert import (
+    FORMAT, MacBERTCollator, MacBERTConfig, SimilarWords, build_similar_words, load_similar_words, macbert_mask,
+    make_objective, pretraining_loss, sop_example, to_pretraining_model)
 from qingbert.mlm import IGNORE, WWMCollator
 
 TINY = {"overrides": {"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2},
@@ -186,7 +186,7 @@ def test_collator_counts_single_text_sequences(synthetic):
 
 
 def test_build_similar_words_same_length_and_loads(similar_dir, small_prepared):
-    from qingbert.vocab import load_tokenizer
+    from qingbert.models.loading import load_tokenizer
 
     out, report = similar_dir
     manifest = json.loads((out / "manifest.json").read_text())
@@ -209,7 +209,7 @@ def test_build_similar_words_same_length_and_loads(similar_dir, small_prepared):
 
 
 def test_load_errors(similar_dir, tmp_path):
-    from qingbert.vocab import make_tokenizer
+    from qingbert.models.tokenizer import make_tokenizer
 
     out, _ = similar_dir
     other = make_tokenizer({t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "的", "了"])})
@@ -256,7 +256,7 @@ def test_training_steps_and_saved_model_loads(small_prepared, similar_dir, tmp_p
     from transformers import AutoModelForMaskedLM
 
     from qingbert.pretrain import open_data, train_and_save
-    from qingbert.train import Trainer
+    from qingbert.training.loop import Trainer
 
     train_ds, eval_ds, tok, _ = open_data(small_prepared)
     cfg = _cfg(train_dropout=0.0)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from qingbert.errors import QingbertError
-from qingbert.finetune import run_model
+from qingbert.training.batching import run_model
 from qingbert.ner import REPORT_KEYS, NERCollator, NERObjective, bio_labels, decode_ner, encode_ner, score_ner
 from qingbert.tasks import SpanExample, load_task
 
@@ -34,7 +34,8 @@ def pd_task():
 def tok(pd_task):
     """A WordPiece vocabulary of People's Daily training text, as a BertTokenizer (size 8000 keeps every character,
     which makes the vocabulary, and so the training test, the same on every run)."""
-    from qingbert.vocab import make_tokenizer, train_vocab
+    from qingbert.models.tokenizer import make_tokenizer
+    from qingbert.vocab import train_vocab
 
     return make_tokenizer(train_vocab([e.text for e in pd_task.splits["train"][:1500]], size=8000))
 
@@ -213,7 +214,7 @@ def test_bad_types_and_tags_are_errors(tok):
 def test_tiny_bert_learns_peoples_daily_ner(tok, pd_task, tmp_path):
     from transformers import BertConfig, BertForTokenClassification
 
-    from qingbert.train import TrainConfig, Trainer
+    from qingbert.training.loop import TrainConfig, Trainer
 
     tags = bio_labels(pd_task.labels)
     train_ex, dev_ex = pd_task.splits["train"][:1500], pd_task.splits["dev"][:200]

@@ -16,8 +16,8 @@ from qingbert.errors import QingbertError
 from qingbert.mlm import IGNORE, MaskingConfig, WWMCollator, masked_lm_loss
 from qingbert.prepare import load_prepared
 from qingbert.pretrain import pretrain, tokenizer_info
-from qingbert.train import list_checkpoints
-from qingbert.vocab import load_tokenizer
+from qingbert.training.loop import list_checkpoints
+from qingbert.models.loading import load_tokenizer
 
 from .conftest import cli_env, run_cli, run_without_qingbert
 

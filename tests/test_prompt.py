@@ -9,8 +9,9 @@ import torch
 
 from qingbert import prompt
 from qingbert.errors import QingbertError
-from qingbert.prompt import (PromptCollator, PromptObjective, encode_prompts, evaluate_prompt, parse_template,
-                             parse_verbalizer, prompt_finetune, prompt_predict, sample_examples)
+from qingbert.prompt import (
+    PromptCollator, PromptObjective, encode_prompts, evaluate_prompt, parse_template, parse_verbalizer,
+    prompt_finetune, prompt_predict, sample_examples)
 from qingbert.tasks import TextExample
 
 from .conftest import run_without_qingbert
@@ -44,7 +45,8 @@ def tok_and_model(sentiment_dir, tmp_path_factory):
     from transformers import BertConfig, BertForMaskedLM
 
     from qingbert.corpus import clean_text
-    from qingbert.vocab import make_tokenizer, train_vocab
+    from qingbert.models.tokenizer import make_tokenizer
+    from qingbert.vocab import train_vocab
 
     texts = [line.split("\t", 1)[1] for f in sorted(sentiment_dir.glob("*.tsv"))
              for line in f.read_text(encoding="utf-8").splitlines()[1:]]

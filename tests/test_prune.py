@@ -29,7 +29,7 @@ def corpus_file(tmp_path_factory):
 
 
 def _save(model, tokenizer, folder):
-    from qingbert.vocab import save_tokenizer
+    from qingbert.models.tokenizer import save_tokenizer
 
     model.save_pretrained(folder)
     save_tokenizer(tokenizer, folder)
@@ -40,7 +40,7 @@ def _save(model, tokenizer, folder):
 def mlm_dir(tiny_tokenizer_dir, tmp_path_factory):
     from transformers import BertConfig, BertForMaskedLM
 
-    from qingbert.vocab import load_tokenizer
+    from qingbert.models.loading import load_tokenizer
 
     torch.manual_seed(0)
     tok = load_tokenizer(str(tiny_tokenizer_dir))
@@ -148,7 +148,7 @@ def test_classification_folder_keeps_its_manifest(tiny_tokenizer_dir, corpus_fil
                               BertForSequenceClassification)
 
     from qingbert.manifest import write_manifest
-    from qingbert.vocab import load_tokenizer
+    from qingbert.models.loading import load_tokenizer
 
     torch.manual_seed(1)
     tok = load_tokenizer(str(tiny_tokenizer_dir))
@@ -207,7 +207,9 @@ def test_unk_words_stay_unk(tmp_path):
     """'xyz' is [UNK] (xy, then no ##z); with xy dropped the greedy search would spell it x ##yz instead."""
     from transformers import BertConfig, BertForMaskedLM
 
-    from qingbert.vocab import SPECIALS, load_tokenizer, make_tokenizer
+    from qingbert.vocab import SPECIALS
+    from qingbert.models.loading import load_tokenizer
+    from qingbert.models.tokenizer import make_tokenizer
 
     vocab = {t: i for i, t in enumerate(SPECIALS + ["x", "xy", "a", "##yz", "b", "##y"])}
     assert _tried_pieces("xyz", vocab, "##", 100) == ["xy"]

@@ -17,8 +17,7 @@ from qingbert.builtin import reviews
 from qingbert.corpus import clean_text
 from qingbert.errors import QingbertError
 from qingbert.inference import load
-from qingbert.serve import (Batcher, Histogram, Metrics, ServeConfig, add_cli, detokenize,
-                            running_server)
+from qingbert.serve import Batcher, Histogram, Metrics, ServeConfig, add_cli, detokenize, running_server
 
 TEXTS = [t.strip() for t, _ in reviews("dev") if len(t.strip()) <= 150][:40]  # within max_chars below
 LIMITS = dict(max_texts=8, max_chars=200, max_body_bytes=16 * 1024, max_wait_ms=20.0)
@@ -33,7 +32,7 @@ def _small_head_model(base, tmp_path_factory, name: str, arch: str, labels: list
     import torch
     import transformers
 
-    from qingbert.vocab import load_tokenizer
+    from qingbert.models.loading import load_tokenizer
 
     torch.manual_seed(1)
     tok = load_tokenizer(str(base))
@@ -421,7 +420,7 @@ def test_cli_flags():
 def test_server_threads_sleep_between_requests_unless_told_to_spin():
     """The server's ONNX Runtime threads do not busy-wait between requests (ServeConfig.spin False), so an idle
     server leaves the cores to its clients; batch work keeps ONNX Runtime's spinning."""
-    from qingbert.inference import session_options
+    from qingbert.models.backends import session_options
 
     assert ServeConfig().spin is False
     idle = session_options(2, spin=False)

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from qingbert import zoo
+from qingbert.models import zoo
 from qingbert.errors import QingbertError
 
 MINIRBT_TABLE = ["roberta-wwm-ext", "rbt6", "rbt3", "rbt4-h312", "minirbt-h256", "minirbt-h288"]

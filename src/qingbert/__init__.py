@@ -5,11 +5,11 @@ opens any model folder for ``predict`` / ``encode`` on its fastest backend.
 Importing qingbert does not import torch or transformers.
 """
 
-from . import zoo
-from .errors import QingbertError
-from .inference import load
-from .prepare import PrepareConfig, load_prepared, prepare
-from .vocab import build_vocab
+from qingbert.models import zoo
+from qingbert.errors import QingbertError
+from qingbert.inference import load
+from qingbert.prepare import PrepareConfig, load_prepared, prepare
+from qingbert.vocab import build_vocab
 
 __version__ = "0.1.0"
 

@@ -47,11 +47,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-from .errors import QingbertError
-from .manifest import atomic_write_text, write_manifest
+from qingbert.errors import QingbertError
+from qingbert.manifest import BENCH_FORMAT, BENCH_RUN_FORMAT, atomic_write_text, write_manifest
 
-FORMAT = "qingbert.bench/1"
-RUN_FORMAT = "qingbert.bench-run/1"
+FORMAT = BENCH_FORMAT
+RUN_FORMAT = BENCH_RUN_FORMAT
 PROTOCOL_SEEDS = 3  # the protocol averages over at least this many seeds
 SPEED_BATCH = 32  # sequences per forward pass when measuring inference speed
 
@@ -206,7 +206,7 @@ def count_params(model: str) -> int:
     A folder or hub id is counted from its config on the meta device; a zoo name in closed form.
     Unknown names raise the same :class:`QingbertError` that fine-tuning them would.
     """
-    from . import zoo
+    from qingbert.models import zoo
 
     src = model.removeprefix("random:")
     folder = _local_folder(model)
@@ -541,8 +541,8 @@ def bench(config: BenchConfig | dict, finetune_fn: Callable | None = None) -> di
     dirs = data_dirs(cfg.data_dir, cfg.tasks)
     real = finetune_fn is None
     if real:
-        from .finetune import finetune as finetune_fn
-        from .tasks import load_task
+        from qingbert.finetune import finetune as finetune_fn
+        from qingbert.tasks import load_task
 
         for t in cfg.tasks:  # a wrong task name or data folder fails now, not after hours of runs
             load_task(t, dirs[t])

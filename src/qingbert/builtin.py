@@ -17,8 +17,8 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from .corpus import Stats, clean_text, clean_words, text_hash
-from .errors import QingbertError, closest
+from qingbert.corpus import Stats, clean_text, clean_words, text_hash
+from qingbert.errors import QingbertError, closest
 
 SPLITS = ("train", "dev", "test")
 BUILTINS = {

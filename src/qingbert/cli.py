@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import QingbertError
+from qingbert.errors import QingbertError
 
 # verb -> one-line help; later stages (pretrain, finetune, bench, distill, export,
 # speed, serve, index) register here the same way.
@@ -116,7 +116,7 @@ def _run_prompt(args: argparse.Namespace, recipe: dict) -> int:
         raise QingbertError("--prompt and --verbalizer go together (and --train-examples needs them)",
                             hint='e.g. --prompt "{text}。总之很[MASK]。" --verbalizer "1:好,0:差"; '
                                  "--max-train-examples subsets the data for head fine-tuning")
-    from .prompt import format_prompt_scores, prompt_finetune
+    from qingbert.prompt import format_prompt_scores, prompt_finetune
 
     r = prompt_finetune(args.model, _task_from_args(args), args.out, args.data, template=args.prompt,
                         verbalizer=args.verbalizer, config=recipe, train_examples=args.train_examples or 0)
@@ -132,7 +132,7 @@ def _run_prompt(args: argparse.Namespace, recipe: dict) -> int:
 def _task_from_args(args: argparse.Namespace):
     """A task name, or a Task read with the generic column mapping."""
     if args.task in ("classification", "pair"):
-        from .tasks import load_generic
+        from qingbert.tasks import load_generic
 
         if args.data is None or args.text_col is None:
             raise QingbertError(f"a generic {args.task} task needs --data FILE_OR_DIR and --text-col")
@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # embeddings (encode, whiten, simcse, eval-sts), semantic search (index) and serving (serve): their stage modules
     # define their own verbs
-    from . import embed, index, prune, serve, similar
+    from qingbert import embed, index, prune, serve, similar
 
     embed.add_cli(sub)
     index.add_cli(sub)
@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from . import __version__
+    from qingbert import __version__
 
     return __version__
 
@@ -355,20 +355,20 @@ def _load_recipe(path: str | None) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import embed
+    from qingbert import embed
 
     if args.verb in embed.VERBS:
         return embed.run_cli(args)
     if args.verb in ("index", "serve", "prune-vocab", "similar-words"):
         return args.run_cli(args)
     if args.verb == "zoo":
-        from . import zoo
+        from qingbert.models import zoo
 
         print(json.dumps(zoo.zoo_records(), ensure_ascii=False, indent=2) if args.json else zoo.zoo_table())
     elif args.verb == "prepare":
         from dataclasses import fields
 
-        from .prepare import PrepareConfig, prepare, prepare_summary
+        from qingbert.prepare import PrepareConfig, prepare, prepare_summary
 
         recipe = _load_recipe(args.config)
         known = {f.name for f in fields(PrepareConfig)}
@@ -387,14 +387,14 @@ def run(args: argparse.Namespace) -> int:
         print(prepare_summary(m))
         print(f"wrote {args.out} (manifest.json lists what made it)")
     elif args.verb == "vocab":
-        from .vocab import build_vocab, vocab_summary
+        from qingbert.vocab import build_vocab, vocab_summary
 
         r = build_vocab(args.sources, args.out, args.size, min_frequency=args.min_frequency, heldout=args.heldout,
                         lowercase=not args.cased, text_field=args.text_field, dedup=args.dedup)
         print(vocab_summary(r))
         print(f"wrote {args.out}: vocab.txt, tokenizer.json (loads with transformers' BertTokenizer)")
     elif args.verb == "pretrain":
-        from .pretrain import pretrain
+        from qingbert.pretrain import pretrain
 
         recipe = _recipe_with_flags(args, PRETRAIN_FLAGS)
         if args.resume:
@@ -422,11 +422,11 @@ def run(args: argparse.Namespace) -> int:
                           f"F1 {100 * a.get('disc_f1', 0):.1f}% on replaced tokens")
             print(f"{m['steps']} steps in {m['elapsed_s']:.0f} s; wrote {args.out} (loads with transformers)")
     elif args.verb == "fill-mask":
-        from .pretrain import fill_mask, format_fill
+        from qingbert.pretrain import fill_mask, format_fill
 
         print(format_fill(args.text, fill_mask(args.model, args.text, args.top_k)))
     elif args.verb == "finetune":
-        from .finetune import finetune, format_scores
+        from qingbert.finetune import finetune, format_scores
 
         recipe = _recipe_with_flags(args, FINETUNE_FLAGS)
         if args.resume:
@@ -444,7 +444,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.verb == "predict":
         _run_predict(args)
     elif args.verb == "export":
-        from .export import export, export_summary
+        from qingbert.export import export, export_summary
 
         both = not args.onnx and not args.int8  # neither flag: both graphs
         rec = export(args.model, args.out, onnx=args.onnx or both, int8=args.int8 or both, task=args.task,
@@ -453,7 +453,7 @@ def run(args: argparse.Namespace) -> int:
         print(export_summary(rec))
         print(f"wrote {args.out} (transformers files + onnx/; qingbert.load picks the fastest backend)")
     elif args.verb == "speed":
-        from .speed import SpeedConfig, speed
+        from qingbert.speed import SpeedConfig, speed
 
         try:
             grid = [[int(x) for x in g.lower().split("x")] for g in args.grid.split(",") if g.strip()]
@@ -463,14 +463,14 @@ def run(args: argparse.Namespace) -> int:
                           backends=[b.strip() for b in args.backends.split(",") if b.strip()],
                           repeats=args.repeats, threads=args.threads, base=args.base, out=args.out)
         res = speed(cfg)
-        from .speed import speed_markdown
+        from qingbert.speed import speed_markdown
 
         print(speed_markdown(res))
         print(f"wrote {args.out}/speed.json, speed.md" + (", speed.png" if res.get("plot") else ""))
     elif args.verb == "distill":
         _run_distill(args)
     elif args.verb == "bench":
-        from .bench import BenchConfig, bench
+        from qingbert.bench import BenchConfig, bench
 
         def floats(s):
             try:
@@ -486,7 +486,7 @@ def run(args: argparse.Namespace) -> int:
                           max_train_examples=args.max_train_examples, keep_models=args.keep_models)
         bench(cfg)
     elif args.verb == "demo":
-        from .demo import demo
+        from qingbert.demo import demo
 
         demo(args.out, examples=args.examples, steps=args.steps)
     else:
@@ -527,7 +527,7 @@ def _ints(value: str | None, what: str):
 
 
 def _run_distill(args: argparse.Namespace) -> None:
-    from .distill import distill, distill_task
+    from qingbert.distill import distill, distill_task
 
     recipe = _recipe_with_flags(args, DISTILL_FLAGS + FINETUNE_FLAGS[:1])
     recipe.pop("max_len", None)
@@ -557,7 +557,7 @@ def _run_distill(args: argparse.Namespace) -> None:
         args.text_col = args.text_b_col = args.label_col = args.id_col = None
         r = distill_task(teachers, args.student, _task_from_args(args), args.out, args.data, config=recipe,
                          finetune_config=ft)
-        from .finetune import format_scores
+        from qingbert.finetune import format_scores
 
         _print_skips(r)
         if "dev" in r:
@@ -595,7 +595,7 @@ def _run_distill(args: argparse.Namespace) -> None:
 
 
 def _run_predict(args) -> None:
-    from .corpus import input_lines
+    from qingbert.corpus import input_lines
 
     texts, empty = input_lines(args.text, args.input)
     if empty:
@@ -604,7 +604,7 @@ def _run_predict(args) -> None:
     if args.task is None and not texts:
         raise QingbertError("nothing to predict: give --task (a task split) or --text / --input")
     if args.task is not None:
-        from .finetune import format_scores, predict
+        from qingbert.finetune import format_scores, predict
 
         r = predict(args.model, _task_from_args(args), args.out, args.data, split=args.split,
                     batch_size=args.batch_size, backend=args.backend)
@@ -612,13 +612,13 @@ def _run_predict(args) -> None:
             print(f"{r['split']}: {format_scores(r['scores'])}")
         print(f"wrote {r['file']} ({r['examples']} {r['split']} examples, backend {r['backend']})")
         return
-    from .inference import PAIR_SEPARATOR, load
-    from .manifest import read_manifest
-    from .prompt import FORMAT as PROMPT_FORMAT
+    from qingbert.inference import PAIR_SEPARATOR, load
+    from qingbert.manifest import read_manifest
+    from qingbert.prompt import FORMAT as PROMPT_FORMAT
 
     m = read_manifest(args.model) if Path(args.model).is_dir() else None
     if m is not None and m.get("format") == PROMPT_FORMAT:  # a PET folder: its template and verbaliser label
-        from .prompt import prompt_predict
+        from qingbert.prompt import prompt_predict
 
         sep = PAIR_SEPARATOR.strip()
         items = [tuple(x.strip() for x in t.split(sep, 1)) if sep in t else t for t in texts]
@@ -642,7 +642,7 @@ def _run_predict(args) -> None:
 def _write_results(results, out, backend: str) -> None:
     lines = [json.dumps(r, ensure_ascii=False) for r in results]
     if out:
-        from .manifest import atomic_write_text
+        from qingbert.manifest import atomic_write_text
 
         atomic_write_text(out, "\n".join(lines) + "\n")
         print(f"wrote {out} ({len(lines)} predictions, backend {backend})")

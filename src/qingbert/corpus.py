@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import QingbertError
+from qingbert.errors import QingbertError
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 ENCODINGS = ("utf-8", "utf-8-sig", "gb18030")
@@ -356,7 +356,7 @@ Record = tuple[str, "list[str] | None"]
 
 def read_sources(sources: Iterable[str], stats: Stats, text_field: str = "text") -> Iterator[Record]:
     """Yield raw records from every source, in order."""
-    from . import builtin
+    from qingbert import builtin
 
     for src in expand_sources(sources, stats):
         if src.startswith("builtin:"):

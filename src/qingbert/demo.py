@@ -48,10 +48,10 @@ def _section(title: str) -> None:
 
 
 def demo(out: str | Path = "demo-output", examples: int = 4, seed: int = 0, steps: int | None = None) -> dict:
-    from . import zoo
-    from .prepare import load_prepared, prepare, prepare_summary
-    from .vocab import load_tokenizer
-    from .wwm import sample_word_mask, show_masked
+    from qingbert.models import zoo
+    from qingbert.prepare import load_prepared, prepare, prepare_summary
+    from qingbert.models.loading import load_tokenizer
+    from qingbert.wwm import sample_word_mask, show_masked
 
     t0 = time.time()
     out = Path(out)
@@ -84,7 +84,7 @@ def demo(out: str | Path = "demo-output", examples: int = 4, seed: int = 0, step
             break
     _section(f"pretrain: a small teacher ({TEACHER} width, 2 layers, WWM-MLM from the local-attention init, "
              "about 6 minutes)")
-    from .pretrain import fill_mask, format_fill, pretrain
+    from qingbert.pretrain import fill_mask, format_fill, pretrain
 
     recipe = dict(TEACHER_RECIPE, max_steps=steps or TEACHER_RECIPE["max_steps"])
     teacher = out / "teacher"
@@ -110,7 +110,7 @@ def demo(out: str | Path = "demo-output", examples: int = 4, seed: int = 0, step
 
 def finetune_section(teacher: Path, out: Path, steps: int | None = None) -> list[dict]:
     """Fine-tune the teacher and a random-init model of its shape on each built-in task; print both."""
-    from .finetune import finetune
+    from qingbert.finetune import finetune
 
     recipe = dict(FINETUNE_RECIPE)
     if steps is not None:  # a quick run (tests): a few steps, a small slice
@@ -155,7 +155,7 @@ def _latency_ms(model_dir: Path, batch: int = 32, seq: int = 128, repeats: int =
 def distill_section(teacher: Path, data: Path, out: Path, ft_rows: list[dict], steps: int | None = None) -> dict:
     """General distillation of the teacher into a narrow-deep student, then task-stage distillation from each
     fine-tuned teacher; prints sizes, speed and dev scores next to the teacher's."""
-    from .distill import distill_general, distill_task
+    from qingbert.distill import distill_general, distill_task
 
     shape = ", ".join(f"{k.split('_')[0] if k != 'num_hidden_layers' else 'layers'} {v}"
                       for k, v in STUDENT_SHAPE.items() if k in ("hidden_size", "num_hidden_layers"))
@@ -201,9 +201,9 @@ def serve_section(out: Path, corpus_size: int = 2000) -> dict:
     built-in reviews; send encode, classify, search and one bad request; print the answers; stop the server."""
     import httpx
 
-    from .builtin import reviews
-    from .index import build_index
-    from .serve import running_server
+    from qingbert.builtin import reviews
+    from qingbert.index import build_index
+    from qingbert.serve import running_server
 
     model = out / "distill" / "reviews-sentiment"
     _section("serve: the distilled sentiment student over HTTP (encode, classify, search the built-in reviews)")

@@ -38,13 +38,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import QingbertError
-from .losses import FEATURE_OF, Schedule, get_loss, make_projection
-from .manifest import read_manifest, write_manifest
-from .mlm import IGNORE, MaskingConfig, attention_of, mlm_head
-from .train import TrainConfig, Trainer, seed_everything
+from qingbert.errors import QingbertError
+from qingbert.losses import FEATURE_OF, Schedule, get_loss, make_projection
+from qingbert.manifest import DISTILLED_FORMAT, read_manifest, write_manifest
+from qingbert.mlm import IGNORE, MaskingConfig, attention_of, mlm_head
+from qingbert.training.loop import TrainConfig, Trainer, seed_everything
 
-FORMAT = "qingbert.distilled/1"
+FORMAT = DISTILLED_FORMAT
 KD_LOSSES = ("kd_ce", "kd_mse")
 TEACHER_BACKENDS = ("torch", "onnx", "onnx-int8", "auto")
 INT8_TEACHER_MAX_RELATIVE_ERROR = 0.05  # onnx-int8 teacher: |h_int8 - h| / |h| on the first batch
@@ -326,7 +326,7 @@ class _DistillBase(torch.nn.Module):
             return base
         if self._onnx[i] is None:
             try:
-                from .export import OnnxEncoder
+                from qingbert.models.onnx import OnnxEncoder
 
                 int8 = backend == "onnx-int8"
                 enc = OnnxEncoder(base, hidden_states=self.need_hidden, int8=int8)
@@ -499,9 +499,9 @@ class TaskDistillObjective(_DistillBase):
         return out.to(am.device)
 
     def forward(self, batch):
-        from .finetune import _model_inputs
+        from qingbert.training.batching import model_inputs
 
-        inputs = _model_inputs(batch)
+        inputs = model_inputs(batch)
         am = inputs["attention_mask"]
         kw = dict(output_hidden_states=self.need_hidden, output_attentions=self.need_attention)
         s_out = self.student(**inputs, **self._hard_kwargs(batch), **kw)
@@ -627,7 +627,7 @@ def _teacher_accuracy(teacher, eval_ds, collate, batches: int = 4, batch_size: i
 
 def _fit_teacher_head(teacher, train_ds, eval_ds, collate, out: Path, cfg: DistillConfig, steps: int):
     """Train the teacher's MLM head alone (encoder frozen) for ``steps`` steps; the fitted teacher is saved."""
-    from .mlm import MLMObjective
+    from qingbert.mlm import MLMObjective
 
     base, _ = _base_and_head(teacher)
     teacher.train()
@@ -646,7 +646,7 @@ def _fit_teacher_head(teacher, train_ds, eval_ds, collate, out: Path, cfg: Disti
 def _load_student(student: str, tokenizer, overrides: dict, init: str = "default"):
     """A zoo shape or model folder (as pretraining loads them), or any config: a ``config.json`` file or a folder
     holding only one -> a random-init masked LM of that config with the data's vocabulary."""
-    from .pretrain import load_mlm
+    from qingbert.pretrain import load_mlm
 
     p = Path(student)
     config_file = p if p.is_file() and p.suffix == ".json" else p / "config.json"
@@ -680,8 +680,8 @@ def distill_general(teacher: str | list, student: str, data: str | Path, out: st
     """One general-distillation stage: ``teacher`` (folder / hub id / zoo name with weights, or a list)
     -> ``student`` (zoo shape, folder, or built from teacher layers with ``init_from_teacher_layers``)
     on a prepared WWM folder.  Returns the stage manifest."""
-    from .mlm import WWMCollator
-    from .pretrain import load_mlm, open_data, tokenizer_info, train_and_save
+    from qingbert.mlm import WWMCollator
+    from qingbert.pretrain import load_mlm, open_data, tokenizer_info, train_and_save
 
     cfg = config if isinstance(config, DistillConfig) else DistillConfig.from_dict(config)
     out = Path(out)
@@ -762,7 +762,7 @@ def distill(teacher: str | list, student: str, data: str | Path, out: str | Path
     The assistant (e.g. ``rbt6``) has the teacher's width and is initialised from teacher layers
     (``init_from_teacher_layers``, default evenly spread: 12 -> 6 gives 0,2,4,7,9,11); a finished stage
     (a complete manifest in its folder) is not redone.  Returns ``{"stages": [manifests], "out"}``."""
-    from . import zoo
+    from qingbert.models import zoo
 
     cfg = config if isinstance(config, DistillConfig) else DistillConfig.from_dict(config)
     out = Path(out)
@@ -824,9 +824,9 @@ class TaskDistiller:
         return IndexCollator(collate)
 
     def objective(self, head, student, tokenizer, task_type: str):
-        from .finetune import FORMAT as FT_FORMAT
-        from .finetune import _auto
-        from .vocab import load_tokenizer
+        from qingbert.finetune import FORMAT as FT_FORMAT
+        from qingbert.finetune import _auto
+        from qingbert.models.loading import load_tokenizer
 
         teachers = []
         for name in self.names:
@@ -855,7 +855,7 @@ def distill_task(teacher: str | list, student: str, task, out: str | Path, data_
                  config: DistillConfig | dict | None = None, finetune_config: dict | None = None) -> dict:
     """Task-stage distillation: fine-tuned ``teacher`` folder(s) -> ``student`` on ``task``; the result is a
     fine-tuned folder (``qingbert predict`` works on it).  Returns :func:`qingbert.finetune.finetune`'s result."""
-    from .finetune import finetune
+    from qingbert.finetune import finetune
 
     cfg = config if isinstance(config, DistillConfig) else DistillConfig.from_dict(config)
     teachers = teacher if isinstance(teacher, (list, tuple)) else [teacher]

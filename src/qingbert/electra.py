@@ -40,8 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import QingbertError
-from .mlm import IGNORE, WWMCollator, attention_of
+from qingbert.errors import QingbertError
+from qingbert.mlm import IGNORE, WWMCollator, attention_of
 
 GENERATOR = "generator"  # the generator's subfolder of a saved discriminator
 GOOGLE_MASK_RATIO = 0.85  # ELECTRA's pretrain_helpers.mask: [MASK] at 85 % of chosen positions, the rest kept
@@ -263,7 +263,7 @@ class ElectraObjective(torch.nn.Module):
 
     def save_extra(self, out: Path) -> Path:
         """Save the generator as a plain ``ElectraForMaskedLM`` folder ``out/generator`` (with the tokenizer)."""
-        from .vocab import save_tokenizer
+        from qingbert.models.tokenizer import save_tokenizer
 
         folder = Path(out) / GENERATOR
         self.generator.save_pretrained(str(folder), safe_serialization=True)
@@ -285,7 +285,7 @@ def _check_shape(config, what: str) -> None:
 def _electra_spec(model: str):
     """The zoo spec of ``model`` as an ELECTRA shape (a BERT shape becomes the same-sized ELECTRA), or None when
     ``model`` is not a zoo name."""
-    from . import zoo
+    from qingbert.models import zoo
 
     if Path(model).exists():
         return None
@@ -303,7 +303,7 @@ def _electra_spec(model: str):
 
 def _check_vocab(model: str, net, tokenizer) -> None:
     """The data's vocabulary must be the model's (as :func:`qingbert.pretrain.load_mlm` checks)."""
-    from . import zoo
+    from qingbert.models import zoo
 
     vocab = tokenizer.get_vocab()
     if net.get_input_embeddings().num_embeddings < len(vocab):
@@ -323,7 +323,7 @@ def _check_vocab(model: str, net, tokenizer) -> None:
 
 
 def _load_pretrained(cls, name: str):
-    from . import zoo
+    from qingbert.models import zoo
 
     return zoo._load(name, lambda src, **kw: cls.from_pretrained(src, **kw))
 
@@ -331,7 +331,7 @@ def _load_pretrained(cls, name: str):
 def _config_of(name: str):
     from transformers import AutoConfig
 
-    from . import zoo
+    from qingbert.models import zoo
 
     return zoo._load(name, lambda src, **kw: AutoConfig.from_pretrained(src, **kw))
 
@@ -357,12 +357,12 @@ def load_electra(model: str, tokenizer, ecfg: ElectraConfig, overrides: dict | N
     no initialisation of its own: its embeddings are the discriminator's, the rest transformers' random init."""
     from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
-    from . import zoo
+    from qingbert.models import zoo
 
     spec = _electra_spec(model)
     info: dict = {}
     if spec is not None:
-        from .inits import apply_init
+        from qingbert.models.inits import apply_init
 
         config = zoo.build_config(spec, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                                   **(overrides or {}))
@@ -444,8 +444,8 @@ def make_objective(model: str, tokenizer, cfg, options: dict | None = None, data
     ``options``: :class:`ElectraConfig` fields.  Everything that can be wrong with them is raised here, before
     any training.  ``info`` is for the manifest; ``info["config_updates"]`` goes to ``train_and_save``.
     ``data_dir`` is accepted for the caller's convenience and recorded only."""
-    from .pretrain import EVAL_MLM_PROBABILITY, set_dropout, tokenizer_info
-    from .train import seed_everything
+    from qingbert.pretrain import EVAL_MLM_PROBABILITY, set_dropout, tokenizer_info
+    from qingbert.training.loop import seed_everything
 
     ecfg = ElectraConfig.from_dict(options)
     seed_everything(cfg.train.seed)  # before the models are built: random init depends on it

@@ -41,14 +41,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import QingbertError, closest
-from .inference import HIDDEN, PAIR_SEPARATOR, describe, open_backend
-from .manifest import atomic_write_text, read_manifest, write_manifest
+from qingbert.errors import QingbertError, closest
+from qingbert.models.backends import HIDDEN, describe, open_backend
+from qingbert.inference import PAIR_SEPARATOR
+from qingbert.manifest import EMBEDDINGS_FORMAT, atomic_write_text, read_manifest, write_manifest
 
 # torch, transformers and the training loop are imported where they are used, so that building the command
 # line (add_cli) stays as light as the rest of qingbert's.
 
-FORMAT = "qingbert.embeddings/1"
+FORMAT = EMBEDDINGS_FORMAT
 POOLINGS = ("mean", "cls", "max", "mean-max", "first-last-avg", "pooler", "none")
 POOLING_ALIASES = {"last-avg": "mean", "reduce-mean": "mean", "reduce-max": "max", "reduce-mean-max": "mean-max",
                    "cls-token": "cls"}
@@ -353,7 +354,7 @@ class SentenceEncoder:
     def __init__(self, model_dir: str | Path, pooling: str | None = None, pooling_layer: int | None = None,
                  max_len: int | None = None, backend: str | None = None, threads: int = 0,
                  truncation: str = "warn", whitening: bool = True, clean: bool = True, runner=None):
-        from .vocab import load_tokenizer
+        from qingbert.models.loading import load_tokenizer
 
         self.folder = Path(model_dir)
         if not self.folder.is_dir():
@@ -451,7 +452,7 @@ class SentenceEncoder:
 
     # -- tokenization ------------------------------------------------------------
     def _split(self, items: list) -> list[tuple[str, str | None]]:
-        from .corpus import clean_text
+        from qingbert.corpus import clean_text
 
         tidy = clean_text if self.clean else (lambda t: t)
         out = []
@@ -562,7 +563,7 @@ class SentenceEncoder:
         """One batch: pooled (and whitened) vectors ``(b, dim)`` float32, or a list of token arrays."""
         import torch.nn.functional as F
 
-        from .finetune import pad_rows
+        from qingbert.training.batching import pad_rows
 
         batch = pad_rows([{"input_ids": a, "token_type_ids": t} for a, t in zip(ids, types)],
                          self.tokenizer.pad_token_id)
@@ -625,7 +626,7 @@ def save_sentence_transformers(out_dir: str | Path, model, tokenizer, *, pooling
     "dimension"}``."""
     import torch
 
-    from .vocab import save_tokenizer
+    from qingbert.models.tokenizer import save_tokenizer
 
     out = Path(out_dir)
     pooling = canonical_pooling(pooling)
@@ -754,7 +755,7 @@ def whitening_to_dense(kernel, bias) -> tuple[torch.Tensor, torch.Tensor]:
 def read_corpus(path: str | Path) -> tuple[list[str], dict]:
     """Sentences of a text file (one per line, UTF-8) and ``{"file", "lines", "empty", "sentences"}``: blank lines
     are skipped and counted (the same reader as ``qingbert index build``)."""
-    from .index import read_corpus as read_lines
+    from qingbert.index import read_corpus as read_lines
 
     texts, _, empty = read_lines(path)
     return texts, {"file": str(path), "lines": len(texts) + len(empty), "empty": len(empty), "sentences": len(texts)}
@@ -916,7 +917,7 @@ def __getattr__(name: str):
 
 
 def _train_config(**kw):
-    from .train import TrainConfig
+    from qingbert.training.loop import TrainConfig
 
     return TrainConfig(**kw)
 
@@ -939,7 +940,7 @@ class SimCSEConfig:
     @classmethod
     def from_dict(cls, d: dict | None) -> "SimCSEConfig":
         """Flat or nested (``train:``) dict -> config; unknown keys are an error."""
-        from .train import fill_config
+        from qingbert.training.loop import fill_config
 
         return fill_config(cls(), d, "SimCSE")
 
@@ -959,7 +960,7 @@ class _PairCollator:
     def __call__(self, rows: list[dict]) -> dict:
         import torch
 
-        from .finetune import pad_rows
+        from qingbert.training.batching import pad_rows
 
         a = pad_rows([{"input_ids": r["input_ids"], "token_type_ids": r["token_type_ids"]} for r in rows], self.pad_id)
         b = pad_rows([{"input_ids": r["b_input_ids"], "token_type_ids": r["b_token_type_ids"]} for r in rows],
@@ -975,7 +976,7 @@ class _TextCollator:
         self.pad_id = pad_id
 
     def __call__(self, rows: list[dict]) -> dict:
-        from .finetune import pad_rows
+        from qingbert.training.batching import pad_rows
 
         return pad_rows([{"input_ids": r["input_ids"], "token_type_ids": r["token_type_ids"]} for r in rows],
                         self.pad_id)
@@ -1002,7 +1003,7 @@ def _check_pairs(pairs) -> list[tuple[str, str, float]]:
 def task_pairs(task, data_dir=None, split: str = "train") -> tuple[list[tuple[str, str, float]], dict]:
     """``(a, b, score)`` of a sentence-pair task split (LCQMC / BQ / AFQMC files via :func:`qingbert.tasks.load_task`,
     or a loaded Task) and a description; labels must be numbers."""
-    from .tasks import Task, load_task
+    from qingbert.tasks import Task, load_task
 
     t = task if isinstance(task, Task) else load_task(task, data_dir)
     if t.type != "pair":
@@ -1035,8 +1036,8 @@ def train_simcse(model_dir: str | Path, out_dir: str | Path, texts=None, pairs=N
     import transformers
     from datasets import Dataset
 
-    from .train import Trainer, seed_everything
-    from .vocab import load_tokenizer
+    from qingbert.training.loop import Trainer, seed_everything
+    from qingbert.models.loading import load_tokenizer
 
     cfg = config if isinstance(config, SimCSEConfig) else SimCSEConfig.from_dict(config)
     if texts is None and pairs is None:
@@ -1237,7 +1238,7 @@ def add_cli(subparsers) -> None:
 
 
 def _read_inputs(args) -> list[str]:
-    from .corpus import input_lines
+    from qingbert.corpus import input_lines
 
     texts, empty = input_lines(args.text, args.input)
     if empty:

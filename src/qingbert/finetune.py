@@ -28,11 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import QingbertError
-from .manifest import atomic_write_text, read_manifest, write_manifest
-from .train import Trainer, TrainConfig, fill_config, seed_everything
+from qingbert.errors import QingbertError
+from qingbert.manifest import FINETUNED_FORMAT, atomic_write_text, read_manifest, write_manifest
+from qingbert.training.batching import PadCollator, Rows, model_inputs, run_model
+from qingbert.training.loop import Trainer, TrainConfig, fill_config, seed_everything
 
-FORMAT = "qingbert.finetuned/1"
+FORMAT = FINETUNED_FORMAT
 
 
 @dataclass
@@ -68,7 +69,7 @@ class ClassificationObjective(torch.nn.Module):
         self.model = model
 
     def _run(self, batch):
-        out = self.model(**_model_inputs(batch), labels=batch["labels"])
+        out = self.model(**model_inputs(batch), labels=batch["labels"])
         correct = (out.logits.argmax(-1) == batch["labels"]).sum()
         return out, correct
 
@@ -91,64 +92,12 @@ class ClassificationObjective(torch.nn.Module):
         return self.model
 
 
-def _model_inputs(batch: dict) -> dict:
-    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-
-
-def pad_rows(rows: list[dict], pad_id: int, side: str = "right", token_labels: str | None = None) -> dict:
-    """``input_ids``, ``attention_mask`` and ``token_type_ids`` (where the rows have them) padded to the longest
-    row, plus the per-token column ``token_labels`` padded with -100; all as tensors."""
-    n, length = len(rows), max(len(r["input_ids"]) for r in rows)
-    cols = {"input_ids": pad_id, "attention_mask": 0}
-    if "token_type_ids" in rows[0]:
-        cols["token_type_ids"] = 0
-    if token_labels:
-        cols[token_labels] = -100
-    out = {k: np.full((n, length), v, dtype=np.int64) for k, v in cols.items()}
-    for i, r in enumerate(rows):
-        k = len(r["input_ids"])
-        sl = slice(0, k) if side == "right" else slice(length - k, length)
-        out["attention_mask"][i, sl] = 1
-        for key in cols:
-            if key != "attention_mask":
-                out[key][i, sl] = r[key]
-    return {k: torch.from_numpy(v) for k, v in out.items()}
-
-
-class PadCollator:
-    """Pads tokenized examples to the longest in the batch (on the tokenizer's padding side)."""
-
-    def __init__(self, pad_id: int, side: str = "right"):
-        self.pad_id, self.side = pad_id, side
-
-    def __call__(self, examples: list[dict]) -> dict:
-        batch = pad_rows(examples, self.pad_id, self.side)
-        batch["labels"] = torch.tensor([e["label"] for e in examples], dtype=torch.long)
-        return batch
-
-
-class Rows:
-    """Columns in memory with the two reads :func:`run_model` makes (``rows["col"]``, ``rows[[i, j]]``): for
-    inference on a few texts, where building a ``datasets.Dataset`` per call would cost more than the model."""
-
-    def __init__(self, columns: dict):
-        self.columns = columns
-
-    def __len__(self) -> int:
-        return len(next(iter(self.columns.values()), []))
-
-    def __getitem__(self, key):
-        if isinstance(key, str):
-            return self.columns[key]
-        return {k: [v[i] for i in key] for k, v in self.columns.items()}
-
-
 def encode_examples(examples, tokenizer, label2id: dict, max_len: int, in_memory: bool = False):
     """Tokenize text (and text_b) examples into a ``datasets.Dataset`` (or, with ``in_memory``, :class:`Rows`);
     unlabelled rows get label -100."""
     from datasets import Dataset
 
-    from .corpus import clean_text
+    from qingbert.corpus import clean_text
 
     a = [clean_text(e.text) for e in examples]
     b = [clean_text(e.text_b) for e in examples] if examples and examples[0].text_b is not None else None
@@ -182,7 +131,7 @@ class ClassificationHead:
         return [self.labels[int(np.argmax(x))] for x in out["logits"]]
 
     def score(self, examples, preds) -> dict:
-        from .metrics import accuracy, macro_f1
+        from qingbert.metrics import accuracy, macro_f1
 
         golds = [e.label for e in examples]
         acc = 100 * accuracy(preds, golds)
@@ -213,33 +162,33 @@ class NERHead:
     token_level = True
 
     def __init__(self, task):
-        from .ner import bio_labels
+        from qingbert.ner import bio_labels
 
         self.types = list(task.labels)
         self.labels = bio_labels(self.types)
 
     def encode(self, examples, tokenizer, cfg: FinetuneConfig, train: bool):
-        from .ner import encode_ner
+        from qingbert.ner import encode_ner
 
         return encode_ner(examples, tokenizer, self.labels, cfg.max_len)
 
     def collator(self, tokenizer):
-        from .ner import NERCollator
+        from qingbert.ner import NERCollator
 
         return NERCollator(tokenizer.pad_token_id)
 
     def objective(self, model):
-        from .ner import NERObjective
+        from qingbert.ner import NERObjective
 
         return NERObjective(model, self.labels)
 
     def decode(self, out: dict, ds, examples, cfg: FinetuneConfig) -> list:
-        from .ner import decode_ner
+        from qingbert.ner import decode_ner
 
         return decode_ner(out["logits"], ds, examples, self.labels)
 
     def score(self, examples, preds) -> dict:
-        from .ner import score_ner
+        from qingbert.ner import score_ner
 
         return score_ner(examples, preds)
 
@@ -272,30 +221,30 @@ class MRCHead:
         pass
 
     def encode(self, examples, tokenizer, cfg: FinetuneConfig, train: bool):
-        from .mrc import encode_qa
+        from qingbert.mrc import encode_qa
 
         return encode_qa(examples, tokenizer, max_len=cfg.max_len, doc_stride=cfg.doc_stride or cfg.max_len // 4,
                          max_query_len=cfg.max_query_len, train=train)
 
     def collator(self, tokenizer):
-        from .mrc import QACollator
+        from qingbert.mrc import QACollator
 
         return QACollator(tokenizer.pad_token_id)
 
     def objective(self, model):
-        from .mrc import QAObjective
+        from qingbert.mrc import QAObjective
 
         return QAObjective(model)
 
     def decode(self, out: dict, ds, examples, cfg: FinetuneConfig) -> list:
-        from .mrc import decode_qa
+        from qingbert.mrc import decode_qa
 
         answers, _ = decode_qa(out["start_logits"], out["end_logits"], ds, examples, n_best=cfg.n_best,
                                max_answer_len=cfg.max_answer_len)
         return [answers.get(e.id, "") for e in examples]
 
     def score(self, examples, preds) -> dict:
-        from .mrc import score_qa
+        from qingbert.mrc import score_qa
 
         return score_qa(examples, {e.id: p for e, p in zip(examples, preds)})
 
@@ -329,8 +278,8 @@ def _auto(name: str):
 def load_for_task(model: str, head, cfg: FinetuneConfig):
     """``(model with the task head, tokenizer, how it was initialised)`` for a folder / hub id / zoo name /
     ``random:<folder or zoo name>``."""
-    from . import zoo
-    from .vocab import load_tokenizer
+    from qingbert.models import zoo
+    from qingbert.models.loading import load_tokenizer
 
     auto = _auto(head.auto_class)
     kw = {}
@@ -364,41 +313,6 @@ def load_for_task(model: str, head, cfg: FinetuneConfig):
     if getattr(net.config, "model_type", "") == "xlnet":
         tokenizer.padding_side = "left"  # XLNet summarises the last token
     return net, tokenizer, f"weights from {src}"
-
-
-def module_forward(model, names) -> "Callable[[dict], dict]":
-    """``inputs (numpy) -> {name: numpy array}`` for a transformers model (on its device, no grad)."""
-    device = next(model.parameters()).device
-    model.eval()
-
-    @torch.no_grad()
-    def forward(inputs: dict) -> dict:
-        res = model(**{k: torch.as_tensor(v).to(device) for k, v in inputs.items()})
-        return {n: getattr(res, n).float().cpu().numpy() for n in names}
-
-    return forward
-
-
-def run_model(model, ds, collate, names, batch_size: int = 64, token_level: bool = False) -> dict:
-    """Forward ``ds`` in batches: per row, each output in ``names`` (token-level ones cut to the row's tokens).
-
-    ``model`` is a transformers model or a backend of :mod:`qingbert.inference` (a callable from numpy inputs to
-    numpy outputs).  Rows are batched by length (less padding), and returned in their original order."""
-    forward = module_forward(model, names) if isinstance(model, torch.nn.Module) else model
-    out: dict = {n: [None] * len(ds) for n in names}
-    order = np.argsort([len(x) for x in ds["input_ids"]], kind="stable")
-    for lo in range(0, len(ds), batch_size):
-        idx = order[lo:lo + batch_size]
-        rows = ds[[int(i) for i in idx]]
-        examples = [dict(zip(rows, vals)) for vals in zip(*rows.values())]
-        batch = collate(examples)
-        res = forward({k: v.numpy() for k, v in _model_inputs(batch).items()})
-        mask = batch["attention_mask"].numpy().astype(bool)
-        for n in names:
-            x = np.asarray(res[n], dtype=np.float32)
-            for j, i in enumerate(idx):
-                out[n][i] = x[j][mask[j]] if token_level else x[j]
-    return out
 
 
 # ---------------------------------------------------------------------------
@@ -438,8 +352,8 @@ def finetune(model: str, task: str, out: str | Path, data_dir: str | None = None
 
     Returns ``{"dev": metrics (percent, with "metric" and "score"), "steps", "labels", "out", "elapsed_s"}``.
     """
-    from .tasks import Task, load_task
-    from .vocab import save_tokenizer
+    from qingbert.tasks import Task, load_task
+    from qingbert.models.tokenizer import save_tokenizer
 
     cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig.from_dict(config)
     if max_len:
@@ -505,12 +419,12 @@ def predict(model: str | Path, task: str, out_file: str | Path | None = None, da
     ``backend`` (torch, onnx, onnx-int8) defaults to the fastest in the folder (:mod:`qingbert.inference`).
     Returns ``{"file", "examples", "scores", "backend"}`` (scores only where the split is labelled).
     """
-    from .tasks import load_task
-    from .vocab import load_tokenizer
+    from qingbert.tasks import load_task
+    from qingbert.models.loading import load_tokenizer
 
     model = Path(model)
     m = read_manifest(model)
-    from . import prompt
+    from qingbert import prompt
 
     if m is not None and m.get("format") == prompt.FORMAT:  # PET folder: its template and verbaliser label it
         return prompt.predict_task(model, task, out_file, data_dir, split, batch_size)
@@ -533,7 +447,7 @@ def predict(model: str | Path, task: str, out_file: str | Path | None = None, da
         head.labels = list(m["labels"])
     if hasattr(head, "types"):
         head.types = [lab[2:] for lab in m["labels"] if lab.startswith("B-")]
-    from .inference import open_backend
+    from qingbert.models.backends import open_backend
 
     runner = open_backend(model, backend)
     tokenizer = load_tokenizer(str(model))

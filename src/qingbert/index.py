@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import QingbertError
-from .manifest import read_manifest, write_manifest
+from qingbert.errors import QingbertError
+from qingbert.manifest import INDEX_FORMAT, read_manifest, write_manifest
 
-FORMAT = "qingbert.index/1"
+FORMAT = INDEX_FORMAT
 INDEX_FILE = "index.faiss"
 TEXTS_FILE = "texts.jsonl"
 POOLINGS = ("mean", "cls", "max", "mean-max")  # last-layer poolings (qingbert.inference.Model.encode)
@@ -75,7 +75,7 @@ def read_documents(path: str | Path, text_field: str = "text") -> tuple[list[str
     if not path.is_file():
         raise QingbertError(f"no such corpus file '{path}'",
                             hint="give a text file with one text per line, or a .jsonl file of {\"text\": ...}")
-    from .corpus import read_utf8
+    from qingbert.corpus import read_utf8
 
     content = read_utf8(path, "corpus")
     jsonl = path.suffix.lower() in JSONL_SUFFIXES
@@ -215,7 +215,7 @@ def build_index(model_dir: str | Path, corpus: str | Path, out: str | Path, fact
     texts, lines, empty, fields = read_documents(corpus, text_field)
     _check_out(out, overwrite)
     if model is None:
-        from .inference import load
+        from qingbert.inference import load
 
         model = load(model_dir, backend=backend)
     vectors = _encode_all(model, texts, batch_size, pooling, progress)
@@ -308,7 +308,7 @@ class SemanticIndex:
     def encode(self, texts: list[str]) -> np.ndarray:
         """Query vectors for ``texts`` with the index's model and pooling."""
         if self._encoder is None:
-            from .inference import load
+            from qingbert.inference import load
 
             model_dir = self.manifest.get("model")
             if not model_dir or not Path(model_dir).is_dir():
@@ -407,7 +407,7 @@ def run_cli(args) -> int:
         return 0
     encoder = None
     if args.model:
-        from .inference import load
+        from qingbert.inference import load
 
         encoder = load(args.model, backend=args.backend)
     index = load_index(args.index, encoder=encoder, backend=args.backend)

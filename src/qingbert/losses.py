@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import QingbertError
+from qingbert.errors import QingbertError
 
 __all__ = [
     "FEATURE_OF",

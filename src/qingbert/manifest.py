@@ -11,6 +11,18 @@ from importlib import metadata
 from pathlib import Path
 
 MANIFEST = "manifest.json"
+
+# Every folder format qingbert writes (the manifest's "format"), in one place.
+PREPARED_FORMAT = "qingbert.prepared/1"  # prepare: packed, WWM-ready shards
+MODEL_FORMAT = "qingbert.model/1"  # pretrain, prune-vocab: a masked-LM / encoder folder
+FINETUNED_FORMAT = "qingbert.finetuned/1"  # finetune: a model with a task head
+PROMPT_FORMAT = "qingbert.prompt/1"  # prompt fine-tuning (PET): an MLM + template + verbaliser
+DISTILLED_FORMAT = "qingbert.distilled/1"  # distill: a student
+EMBEDDINGS_FORMAT = "qingbert.embeddings/1"  # whiten, simcse: a sentence-transformers folder
+INDEX_FORMAT = "qingbert.index/1"  # index build: a faiss index of a corpus
+SIMILAR_WORDS_FORMAT = "qingbert.similar-words/1"  # similar-words: MacBERT's similar-word table
+BENCH_FORMAT = "qingbert.bench/1"  # bench: a whole protocol run
+BENCH_RUN_FORMAT = "qingbert.bench-run/1"  # bench: one fine-tuning run of it
 _LIBS = ("torch", "transformers", "tokenizers", "datasets", "accelerate", "rjieba", "jieba")
 
 
@@ -63,7 +75,7 @@ def fresh_folder(out: str | Path, overwrite: bool, fmt: str, what: str) -> Path:
     is removed, so a mistyped path never deletes someone's data."""
     import shutil
 
-    from .errors import QingbertError
+    from qingbert.errors import QingbertError
 
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .errors import QingbertError
+from qingbert.errors import QingbertError
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from .tasks import QAExample
+    from qingbert.tasks import QAExample
 
 NO_OFFSET = [-1, -1]  # the offsets of a token that is not part of the context
 MAX_LISTED = 20  # ids of examples listed in a report
@@ -95,7 +95,7 @@ def encode_qa(examples: list[QAExample], tokenizer, max_len: int = 384, doc_stri
     """
     from datasets import Dataset
 
-    from .corpus import normalize_chars
+    from qingbert.corpus import normalize_chars
 
     if not getattr(tokenizer, "is_fast", False):
         raise QingbertError("reading comprehension needs a fast tokenizer (character offsets)",
@@ -176,7 +176,7 @@ class QACollator:
         self.pad_id = pad_id
 
     def __call__(self, rows: list[dict]) -> dict:
-        from .finetune import pad_rows
+        from qingbert.training.batching import pad_rows
 
         batch = pad_rows(rows, self.pad_id)
         for key in ("start_positions", "end_positions"):
@@ -199,9 +199,9 @@ class QAObjective(torch.nn.Module):
         self.model = model
 
     def _run(self, batch):
-        from .finetune import _model_inputs
+        from qingbert.training.batching import model_inputs
 
-        out = self.model(**_model_inputs(batch), start_positions=batch["start_positions"],
+        out = self.model(**model_inputs(batch), start_positions=batch["start_positions"],
                          end_positions=batch["end_positions"])
         pad = batch["attention_mask"] == 0
         start_ok = out.start_logits.masked_fill(pad, float("-inf")).argmax(-1) == batch["start_positions"]
@@ -273,7 +273,7 @@ def decode_qa(start_logits: list[np.ndarray], end_logits: list[np.ndarray], data
 
 def score_qa(examples: list[QAExample], predictions: dict) -> dict:
     """Official CMRC 2018 EM / F1 (percent) of ``{id: answer text}`` against every gold answer."""
-    from .metrics import cmrc_scores
+    from qingbert.metrics import cmrc_scores
 
     scores = cmrc_scores(predictions, {e.id: [t for t, _ in e.answers] for e in examples})
     return {**scores, "metric": "f1", "score": scores["f1"]}

@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import QingbertError
-from .finetune import _model_inputs, pad_rows
+from qingbert.errors import QingbertError
+from qingbert.training.batching import model_inputs, pad_rows
 
 IGNORE = -100
 #: a window is preferably cut right after one of these (full-width forms are half-width after normalize_chars)
@@ -114,7 +114,7 @@ def encode_ner(examples, tokenizer, tags: list[str], max_len: int):
     """
     from datasets import Dataset
 
-    from .corpus import normalize_chars
+    from qingbert.corpus import normalize_chars
 
     types = _entity_types(tags)
     _check_types(examples, types)
@@ -216,7 +216,7 @@ class NERCollator:
 
 def _window_spans(pred: np.ndarray, char_index: np.ndarray, tags: list[str]) -> set[tuple]:
     """Spans in original character offsets from per-token tag ids of one window (characters' first tokens only)."""
-    from .metrics import bio_decode
+    from qingbert.metrics import bio_decode
 
     k = min(len(pred), len(char_index))
     keep = char_index[:k] >= 0
@@ -237,7 +237,7 @@ class NERObjective(torch.nn.Module):
         self.types = _entity_types(self.tags)
 
     def _run(self, batch):
-        logits = self.model(**_model_inputs(batch)).logits
+        logits = self.model(**model_inputs(batch)).logits
         labels = batch["labels"]
         loss_sum = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
                                                      ignore_index=IGNORE, reduction="sum")
@@ -285,7 +285,7 @@ def decode_ner(logits: list[np.ndarray], dataset, examples, tags: list[str]) -> 
 
 def score_ner(examples, predicted_spans) -> dict:
     """Entity-level exact-match scores in percent: micro P/R/F1, macro-F1, per type (with ``support``)."""
-    from .metrics import entity_scores
+    from qingbert.metrics import entity_scores
 
     s = entity_scores(predicted_spans, [ex.entities for ex in examples])
     per_type = {t: {k: (v if k == "support" else 100 * v) for k, v in d.items()} for t, d in s["per_type"].items()}

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import corpus
-from .errors import QingbertError
-from .manifest import read_manifest, write_manifest
+from qingbert import corpus
+from qingbert.errors import QingbertError
+from qingbert.manifest import PREPARED_FORMAT, read_manifest, write_manifest
 
 SPLITS = ("train", "eval")
 SEP_WORDS = "\x1f"  # between gold words in the work file; cleaning removes control characters from text
-FORMAT = "qingbert.prepared/1"
+FORMAT = PREPARED_FORMAT
 
 
 @dataclass
@@ -67,8 +67,8 @@ def _init_worker(tokenizer_json: str, segmenter: str, max_seq_len: int, pack: bo
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     from tokenizers import Tokenizer
 
-    from .segment import get_segmenter
-    from .wwm import WordTokenizer
+    from qingbert.segment import get_segmenter
+    from qingbert.wwm import WordTokenizer
 
     backend = Tokenizer.from_str(tokenizer_json)
     _W.update(
@@ -86,8 +86,8 @@ def _init_worker(tokenizer_json: str, segmenter: str, max_seq_len: int, pack: bo
 
 def _process_chunk(chunk: tuple[str, list[str]]) -> dict:
     """One chunk of work-file lines of one split -> packed arrays + counts."""
-    from .segment import span_counts
-    from .wwm import pack
+    from qingbert.segment import span_counts
+    from qingbert.wwm import pack
 
     split, lines = chunk
     f1 = [0] * 6
@@ -173,7 +173,7 @@ class ShardWriter:
 # Driver
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    from .manifest import fresh_folder
+    from qingbert.manifest import fresh_folder
 
     fresh_folder(out, overwrite, FORMAT, "a prepared corpus")
 
@@ -202,7 +202,7 @@ def _chunks(work_files: dict, chunk_chars: int):
 
 def prepare(sources: list[str], out: str | Path, config: PrepareConfig | None = None, **overrides) -> dict:
     """Turn text sources into WWM-ready packed shards in ``out``; returns the manifest."""
-    from .segment import get_segmenter
+    from qingbert.segment import get_segmenter
 
     cfg = config or PrepareConfig()
     for k, v in overrides.items():
@@ -227,7 +227,8 @@ def prepare(sources: list[str], out: str | Path, config: PrepareConfig | None = 
 
 
 def _run(files: list[str], out: Path, cfg: PrepareConfig, stats, max_chars: int, t0: float) -> dict:
-    from .vocab import copy_tokenizer, make_tokenizer, save_tokenizer, train_vocab
+    from qingbert.models.tokenizer import copy_tokenizer, make_tokenizer, save_tokenizer
+    from qingbert.vocab import train_vocab
 
     sources = cfg.sources
     work = out / ".work"

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from .errors import QingbertError
-from .manifest import read_manifest, write_manifest
-from .mlm import MaskingConfig, MLMObjective, WWMCollator
-from .train import Trainer, TrainConfig, seed_everything
+from qingbert.errors import QingbertError
+from qingbert.manifest import MODEL_FORMAT, read_manifest, write_manifest
+from qingbert.mlm import MaskingConfig, MLMObjective, WWMCollator
+from qingbert.training.loop import Trainer, TrainConfig, seed_everything
 
-FORMAT = "qingbert.model/1"
+FORMAT = MODEL_FORMAT
 OWN = ("objective", "overrides", "init", "train_dropout", "macbert", "electra")
 EVAL_MLM_PROBABILITY = 0.15
 #: objective name -> the module whose ``make_objective(model, tokenizer, cfg, options, data_dir)`` builds it
@@ -80,9 +80,9 @@ def tokenizer_info(tokenizer) -> dict:
 
 def open_data(data: str | Path):
     """The prepared folder's train/eval datasets and tokenizer, with a clear error if it is not one."""
-    from .prepare import FORMAT as DATA_FORMAT
-    from .prepare import load_prepared
-    from .vocab import load_tokenizer
+    from qingbert.prepare import FORMAT as DATA_FORMAT
+    from qingbert.prepare import load_prepared
+    from qingbert.models.loading import load_tokenizer
 
     data = Path(data)
     m = read_manifest(data)
@@ -100,7 +100,7 @@ def load_mlm(model: str, tokenizer, overrides: dict | None = None, weights: bool
 
     With ``weights`` a zoo name means its published weights (its hub id), as a teacher needs.  ``init`` names
     the initialisation of a model built from scratch (:mod:`qingbert.inits`); weights are never re-initialised."""
-    from . import zoo
+    from qingbert.models import zoo
 
     vocab = tokenizer.get_vocab()
     spec = None
@@ -111,7 +111,7 @@ def load_mlm(model: str, tokenizer, overrides: dict | None = None, weights: bool
             if "/" not in model:  # not a hub id either: the zoo's did-you-mean is the helpful message
                 raise
     if spec is not None:
-        from .inits import apply_init
+        from qingbert.models.inits import apply_init
 
         m = zoo.build_model(spec, vocab_size=len(vocab), head="mlm", **(overrides or {}))
         m.config.pad_token_id = tokenizer.pad_token_id
@@ -235,7 +235,7 @@ def train_and_save(trainer, tokenizer, out: Path, resume: bool, config_updates: 
     (with ``config_updates`` set on the saved config).
 
     Returns ``(eval before, eval after, history, trained model or None off the main process)``."""
-    from .vocab import save_tokenizer
+    from qingbert.models.tokenizer import save_tokenizer
 
     before = None if resume else trainer.evaluate()
     history = trainer.run()
@@ -254,10 +254,10 @@ def fill_mask(model: str, text: str, top_k: int = 5) -> list:
     """Top-k fillers for each ``[MASK]`` in ``text``, via the transformers fill-mask pipeline."""
     from transformers import pipeline
 
-    from . import zoo
-    from .vocab import load_tokenizer
+    from qingbert.models import zoo
+    from qingbert.models.loading import load_tokenizer
 
-    from .corpus import clean_text
+    from qingbert.corpus import clean_text
 
     text = clean_text(text)  # the same clean-up as the training text (full-width -> half-width, ...)
     if "[MASK]" not in text:

@@ -33,11 +33,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import QingbertError, closest
-from .manifest import atomic_write_text, read_manifest, write_manifest
-from .train import Trainer, TrainConfig, fill_config, seed_everything
+from qingbert.errors import QingbertError, closest
+from qingbert.manifest import PROMPT_FORMAT, atomic_write_text, read_manifest, write_manifest
+from qingbert.training.loop import Trainer, TrainConfig, fill_config, seed_everything
 
-FORMAT = "qingbert.prompt/1"
+FORMAT = PROMPT_FORMAT
 MASK = "[MASK]"
 FIELDS = ("text", "text_a", "text_b")
 TASK_TYPES = ("classification", "pair")
@@ -185,7 +185,7 @@ def parse_verbalizer(spec) -> dict:
     ``1: 好`` means label ``"1"``); one word per label."""
     import yaml
 
-    from .tasks import _label_str
+    from qingbert.tasks import _label_str
 
     if isinstance(spec, Mapping):
         items, where = list(spec.items()), "verbaliser"
@@ -201,7 +201,7 @@ def parse_verbalizer(spec) -> dict:
             if not is_file:
                 raise QingbertError(f"verbaliser file {path} not found")
             where = str(path)
-            from .corpus import read_utf8
+            from qingbert.corpus import read_utf8
 
             try:
                 data = yaml.safe_load(read_utf8(path))
@@ -270,7 +270,7 @@ def match_labels(verbalizer: dict, labels: list, label_names: dict | None = None
 def verbalizer_token_ids(tokenizer, words: list, labels: list) -> list:
     """One vocabulary id per label word; a word that is several tokens, ``[UNK]``, a special token or another
     label's token is refused, saying what the vocabulary made of it."""
-    from .corpus import clean_text
+    from qingbert.corpus import clean_text
 
     specials = set(tokenizer.all_special_ids)
     ids, owner = [], {}
@@ -320,8 +320,8 @@ def encode_prompts(examples, tokenizer, template: Template, label2id: dict, max_
     Template pieces and texts are tokenized apart and joined, so a long text is cut to the budget the template
     leaves and the ``[MASK]`` is always in the input.  A ``[MASK]`` written inside a text becomes ``[UNK]``
     (counted): the only mask the model sees is the template's."""
-    from .corpus import clean_text
-    from .finetune import Rows
+    from qingbert.corpus import clean_text
+    from qingbert.training.batching import Rows
 
     if tokenizer.mask_token_id is None or tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
         raise QingbertError("this tokenizer has no [MASK] / [CLS] / [SEP] token",
@@ -387,7 +387,7 @@ class PromptCollator:
         self.pad_id, self.side = pad_id if pad_id is not None else 0, side
 
     def __call__(self, examples: list[dict]) -> dict:
-        from .finetune import pad_rows
+        from qingbert.training.batching import pad_rows
 
         batch = pad_rows(examples, self.pad_id, self.side)
         length = batch["input_ids"].shape[1]
@@ -418,10 +418,10 @@ class PromptObjective(torch.nn.Module):
 
     def label_logits(self, batch: dict) -> torch.Tensor:
         """``(batch, labels)``: each label word's MLM logit at the batch's mask positions."""
-        from .finetune import _model_inputs
-        from .mlm import mlm_head
+        from qingbert.training.batching import model_inputs
+        from qingbert.mlm import mlm_head
 
-        inputs = _model_inputs(batch)
+        inputs = model_inputs(batch)
         pos = batch["mask_pos"]
         rows = torch.arange(pos.numel(), device=pos.device)
         head = mlm_head(self.model)
@@ -451,7 +451,7 @@ class PromptObjective(torch.nn.Module):
     @staticmethod
     def summarize(totals: dict) -> dict:
         """Accuracy and mean loss of the summed evaluation batches, as fine-tuning reports them."""
-        from .finetune import ClassificationObjective
+        from qingbert.finetune import ClassificationObjective
 
         return ClassificationObjective.summarize(totals)
 
@@ -488,7 +488,7 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 def prompt_tokenizer(model: str, tokenizer: str | None = None):
     """The vocabulary the prompts are tokenized with: ``tokenizer``, else the model's own."""
-    from .vocab import load_tokenizer
+    from qingbert.models.loading import load_tokenizer
 
     src = model[len("random:"):] if model.startswith("random:") else model
     if tokenizer:
@@ -517,13 +517,13 @@ def load_prompt_model(model: str, cfg: PromptConfig | None = None):
     from transformers import AutoConfig, AutoModelForMaskedLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING
 
-    from . import zoo
+    from qingbert.models import zoo
 
     cfg = cfg or PromptConfig()
     if model.startswith("random:"):
         from types import SimpleNamespace
 
-        from .finetune import load_for_task
+        from qingbert.finetune import load_for_task
 
         src = model[len("random:"):]
         if not Path(src).expanduser().is_dir() and zoo.get_spec(src).model_type == "xlnet":
@@ -596,7 +596,7 @@ def sample_examples(examples: list, n: int, seed: int, labels: list | None = Non
 
 def _prepare(model: str, task, data_dir, template: str, verbalizer, cfg: PromptConfig, splits: tuple):
     """Every check before training: template, verbaliser, task and its labels, vocabulary, model."""
-    from .tasks import Task, load_task
+    from qingbert.tasks import Task, load_task
 
     tpl = parse_template(template)
     verb = parse_verbalizer(verbalizer)
@@ -626,7 +626,7 @@ def _predictions(examples, labels, probs, path: Path) -> None:
 
 
 def _score(t, examples, probs) -> dict:
-    from .finetune import ClassificationHead
+    from qingbert.finetune import ClassificationHead
 
     head = ClassificationHead(t)
     return head.score(examples, [head.labels[int(np.argmax(p))] for p in probs])
@@ -643,7 +643,7 @@ def prompt_finetune(model: str, task, out: str | Path, data_dir: str | None = No
     Writes ``out``: the masked-LM model and tokenizer (plain transformers loads them), ``manifest.json``
     (format, stage "prompt-finetune", template, verbaliser, label token ids, dev scores),
     ``dev_metrics.json`` and ``predictions-dev.jsonl``; returns the manifest (plus ``out``)."""
-    from .vocab import save_tokenizer
+    from qingbert.models.tokenizer import save_tokenizer
 
     t0 = time.time()
     cfg = config if isinstance(config, PromptConfig) else PromptConfig.from_dict(config)
@@ -743,7 +743,7 @@ def prompt_predict(folder_or_model: str | Path, texts, template: str | None = No
 
     ``template`` / ``verbalizer`` / ``max_len`` default to those a :func:`prompt_finetune` folder was trained
     with; a plain pretrained MLM needs them given (zero-shot prediction).  Labels are in the verbaliser's order."""
-    from .tasks import TextExample
+    from qingbert.tasks import TextExample
 
     model = str(folder_or_model)
     m = read_manifest(model) if Path(model).expanduser().is_dir() else None
@@ -791,7 +791,7 @@ def predict_task(folder: str | Path, task, out_file: str | Path | None = None, d
 
     Returns ``{"file", "examples", "task", "split", "backend", "scores" (where the split is labelled)}``, as
     :func:`qingbert.finetune.predict` does."""
-    from .finetune import ClassificationHead
+    from qingbert.finetune import ClassificationHead
 
     folder = Path(folder)
     m = read_manifest(folder)
@@ -818,7 +818,7 @@ def predict_task(folder: str | Path, task, out_file: str | Path | None = None, d
 def format_prompt_scores(r: dict) -> str:
     """One line for the console from :func:`prompt_finetune`'s or :func:`evaluate_prompt`'s result: the
     scores, and how many texts were cut to ``max_len`` (the template never is)."""
-    from .finetune import format_scores
+    from qingbert.finetune import format_scores
 
     if "dev" in r:
         scores, reports = r["dev"], r.get("encode") or {}

@@ -51,11 +51,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .errors import QingbertError
-from .manifest import read_manifest, write_manifest
+from qingbert.errors import QingbertError
+from qingbert.manifest import FINETUNED_FORMAT, MODEL_FORMAT, read_manifest, write_manifest
 
-FORMAT = "qingbert.model/1"
-FINETUNED_FORMAT = "qingbert.finetuned/1"  # a fine-tuned folder keeps its own manifest format (predict reads it)
+FORMAT = MODEL_FORMAT
+
 STAGE = "prune-vocab"
 HELP = "drop the tokens a corpus never uses from a model's vocabulary (smaller embeddings, same outputs on it)"
 BATCH = 2048  # texts per tokenizer call between two progress-bar updates
@@ -84,7 +84,7 @@ def read_keep(keep) -> list[str]:
         s = os.fspath(keep)
         p = Path(s).expanduser()
         if p.is_file():
-            from .corpus import read_utf8
+            from qingbert.corpus import read_utf8
 
             items = read_utf8(p, "--keep file").splitlines()
         elif "/" in s or "\\" in s or s.lower().endswith(".txt"):
@@ -124,7 +124,7 @@ def _has_tokenizer(folder: Path) -> bool:
 
 def _quiet():
     """No transformers info lines or per-file progress bars while loading and saving."""
-    from .embed import quiet_transformers
+    from qingbert.models.loading import quiet_transformers
 
     return quiet_transformers()
 
@@ -168,7 +168,7 @@ def _specials(tokenizer, config, vocab: dict[str, int]) -> list[int]:
     """Ids that are kept whatever the corpus says: the BERT five, the tokenizer's declared specials and added
     tokens, and every ``*_token_id`` of the model config.  A declared special outside the vocabulary is an error:
     its id would be made up."""
-    from .vocab import SPECIALS
+    from qingbert.vocab import SPECIALS
 
     declared = list(dict.fromkeys(list(tokenizer.all_special_tokens)))
     missing = [t for t in declared if t not in vocab]
@@ -344,7 +344,7 @@ def _read_corpus(sources: list[str], counter: _Count, text_field: str, progress:
     """Tokenize every source; returns per-source counts.  A source with no text is an error naming it."""
     from tqdm.auto import tqdm
 
-    from .corpus import Stats, clean_text, read_sources
+    from qingbert.corpus import Stats, clean_text, read_sources
 
     per_source = []
     with tqdm(desc="tokenize", unit="text", unit_scale=True, disable=None if progress else True) as bar:
@@ -453,7 +453,7 @@ def _parity(old_model, new_model, old_tok, new_tok, texts: list[str], kept: list
 
 def _load(model: str):
     """``(tokenizer, model, local folder or None)``; a folder without a tokenizer is an error, before loading."""
-    from . import zoo
+    from qingbert.models import zoo
 
     source, local = zoo._resolve(model)
     folder = Path(source) if local else None
@@ -465,7 +465,7 @@ def _load(model: str):
             raise QingbertError(f"{folder}: no tokenizer in the model folder (no tokenizer.json, "
                                 "tokenizer_config.json or vocab.txt)",
                                 hint="pruning needs the model's own tokenizer: save it into the folder")
-        from .vocab import load_tokenizer
+        from qingbert.models.loading import load_tokenizer
 
         tokenizer = load_tokenizer(str(folder))
     else:
@@ -502,7 +502,7 @@ def prune_vocab(model: str, corpus: list[str], out, *, keep=None, min_count: int
     if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
         raise QingbertError(f"min_count must be a whole number of at least 1, got {min_count!r}")
     out = Path(out).expanduser()
-    from . import zoo
+    from qingbert.models import zoo
 
     source, local = zoo._resolve(model)
     _check_out(out, Path(source) if local else None, overwrite)
@@ -552,7 +552,7 @@ def prune_vocab(model: str, corpus: list[str], out, *, keep=None, min_count: int
                 checked = _check_tokenizer(tokenizer, new_tok, verify, kept, kept_set)
                 parity_texts = _parity_texts(tokenizer, counter.sample, kept_set)
             parity = _parity(net, pruned, tokenizer, new_tok, parity_texts, kept, old_size)
-            from .vocab import save_tokenizer
+            from qingbert.models.tokenizer import save_tokenizer
 
             with _quiet():
                 pruned.save_pretrained(str(staging))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .errors import QingbertError, closest
+from qingbert.errors import QingbertError, closest
 
 SEGMENTERS = ("rjieba", "jieba", "ltp", "gold", "char")
 

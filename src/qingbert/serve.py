@@ -66,7 +66,7 @@ from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 
-from .errors import QingbertError
+from qingbert.errors import QingbertError
 
 log = logging.getLogger("qingbert.serve")
 
@@ -117,7 +117,7 @@ class ServeConfig:
             raise QingbertError(f"serve: max_wait_ms must be >= 0, got {self.max_wait_ms!r}")
         if not self.request_timeout_s > 0:
             raise QingbertError(f"serve: request_timeout_s must be > 0, got {self.request_timeout_s!r}")
-        from .index import POOLINGS
+        from qingbert.index import POOLINGS
 
         if self.pooling not in (None, *POOLINGS):
             raise QingbertError(f"serve: unknown pooling '{self.pooling}'", hint=", ".join(POOLINGS))
@@ -626,8 +626,8 @@ class ServerState:
     """The model, the optional index, the batchers and the metrics of one app."""
 
     def __init__(self, model_dir: str | Path, index_dir: str | Path | None, config: ServeConfig, model=None):
-        from .index import load_index
-        from .inference import load
+        from qingbert.index import load_index
+        from qingbert.inference import load
 
         self.config = config.check()
         self.model_dir = Path(model_dir)
@@ -659,13 +659,13 @@ class ServerState:
     # -- work run in the model thread ------------------------------------------
     def _encode(self, texts: list[str]) -> list[tuple[np.ndarray, int]]:
         """``(vector, tokens)`` per text: raw pooled vectors (normalised where a route needs it)."""
-        from .index import embed
+        from qingbert.index import embed
 
         # the texts of a micro-batch arrive in any order; the encoder sorts them by length and runs sub-batches of
         # encode_batch, so short texts are not padded to the longest one of the whole micro-batch
         import warnings
 
-        from .embed import TruncationWarning
+        from qingbert.embed import TruncationWarning
 
         with warnings.catch_warnings():  # counted in /metrics (qingbert_texts_truncated_total), not logged per batch
             warnings.simplefilter("ignore", TruncationWarning)
@@ -712,7 +712,7 @@ class ServerState:
             m = self.index.manifest
             index = {"size": len(self.index), "dim": self.index.dim, "factory": m.get("factory"),
                      "model": m.get("model"), "folder": str(self.index.folder)}
-        from . import __version__
+        from qingbert import __version__
 
         return {"status": "ok", "model": self.name, "model_dir": str(self.model_dir), "kind": self.model.kind,
                 "backend": self.model.backend, "dim": self.dim, "pooling": self.pooling,

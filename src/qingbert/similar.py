@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import QingbertError
+from qingbert.manifest import SIMILAR_WORDS_FORMAT
+from qingbert.errors import QingbertError
 
-FORMAT = "qingbert.similar-words/1"
+FORMAT = SIMILAR_WORDS_FORMAT
 TABLE = "table.npz"
 BUILD_HINT = "build one with `qingbert similar-words {data} --out DIR` and pass that folder as similar_words"
 
@@ -149,7 +150,7 @@ def _key_ids(key: str) -> tuple[int, ...]:
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    from .manifest import fresh_folder
+    from qingbert.manifest import fresh_folder
 
     fresh_folder(out, overwrite, FORMAT, "a similar-word table")
 
@@ -164,9 +165,9 @@ def build_similar_words(data_dir, out_dir, *, dim: int = 64, min_count: int = 5,
     ``qingbert.similar-words/1``, the vocabulary fingerprint, the settings and counts, a few decoded
     examples).  ``workers`` 0 = one per CPU core (gensim is only reproducible with ``workers=1``).
     Returns the report (the manifest)."""
-    from .manifest import write_manifest
-    from .prepare import load_prepared
-    from .vocab import load_tokenizer
+    from qingbert.manifest import write_manifest
+    from qingbert.prepare import load_prepared
+    from qingbert.models.loading import load_tokenizer
 
     for name, v, lo in (("dim", dim, 1), ("min_count", min_count, 1), ("top_k", top_k, 1), ("epochs", epochs, 1),
                         ("window", window, 1)):
@@ -290,7 +291,7 @@ def _split_arrays(arrays) -> tuple[dict, dict, dict]:
 def load_similar_words(path, tokenizer=None) -> SimilarWords:
     """Open a folder written by :func:`build_similar_words`; with ``tokenizer``, check that it was built for
     that vocabulary (a table of another vocabulary would replace words by unrelated ids)."""
-    from .manifest import read_manifest
+    from qingbert.manifest import read_manifest
 
     path = Path(path)
     hint = BUILD_HINT.format(data="DATA")

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import QingbertError
+from qingbert.models.onnx import random_inputs, time_runner
+from qingbert.errors import QingbertError
 
 DEFAULT_SHAPES = ["roberta-wwm-ext", "rbt6", "rbt3", "rbt4-h312", "minirbt-h288", "minirbt-h256",
                   "roberta-tiny-clue"]
@@ -47,7 +48,7 @@ class SpeedConfig:
 
 def _zoo_folder(name: str, work: Path) -> Path:
     """A random-init encoder folder of a zoo shape for timing (inputs are random ids: no tokenizer needed)."""
-    from . import zoo
+    from qingbert.models import zoo
 
     spec = zoo.get_spec(name)
     folder = work / spec.name
@@ -75,30 +76,10 @@ def _params(folder: Path) -> dict:
     return {"params": total, "params_no_embeddings": total - emb}
 
 
-def random_inputs(vocab: int, batch: int, seq: int, cls_id: int = 2) -> dict:
-    """A ``batch x seq`` block of random token ids (no padding) starting with ``[CLS]``."""
-    rng = np.random.default_rng(0)
-    ids = rng.integers(5, vocab, size=(batch, seq)).astype(np.int64)
-    ids[:, 0] = cls_id
-    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-
-
-def time_runner(runner, inputs: dict, repeats: int, warmup: int) -> list[float]:
-    """Seconds of each of ``repeats`` timed calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        runner(inputs)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        runner(inputs)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def measure_model(folder: Path, cfg: SpeedConfig, label: str, progress=print) -> dict:
     """Params, and per backend per grid point seq/s; batch-1 latency percentiles."""
-    from .export import export_onnx, optimize_onnx, quantize_int8
-    from .inference import ONNX_FILES, describe, open_backend
+    from qingbert.models.onnx import export_onnx, optimize_onnx, quantize_int8
+    from qingbert.models.backends import ONNX_FILES, describe, open_backend
 
     info = describe(folder)
     enc_info = dict(info, kind="encoder", auto_class="AutoModel", outputs=())
@@ -165,8 +146,8 @@ def speed(config: SpeedConfig | dict | None = None, progress=print) -> dict:
     models = list(cfg.models)
     if cfg.base and cfg.base not in models:
         models = [cfg.base] + models
-    from . import zoo
-    from .inference import describe
+    from qingbert.models import zoo
+    from qingbert.models.backends import describe
 
     resolved = []  # every name checked before anything is measured
     for name in models:
@@ -187,7 +168,7 @@ def speed(config: SpeedConfig | dict | None = None, progress=print) -> dict:
     res = {"config": asdict(cfg), "threads": threads, "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
            "models": records, "elapsed_s": round(time.time() - t0, 1)}
     _speedups(res, cfg)
-    from .manifest import _versions, atomic_write_text
+    from qingbert.manifest import _versions, atomic_write_text
 
     res["versions"] = _versions()
     try:
@@ -216,7 +197,7 @@ def _speedups(res: dict, cfg: SpeedConfig) -> None:
 def _base_label(base: str) -> str:
     if not base:
         return ""
-    from . import zoo
+    from qingbert.models import zoo
 
     try:
         return zoo.get_spec(base).name

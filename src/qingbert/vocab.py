@@ -12,15 +12,14 @@ from __future__ import annotations
 
 from collections import Counter
 
-import shutil
 import time
 import unicodedata
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .corpus import is_cjk
-from .errors import QingbertError
-from .manifest import atomic_write_text
+from qingbert.corpus import is_cjk
+from qingbert.models.tokenizer import make_tokenizer, save_tokenizer
+from qingbert.errors import QingbertError
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -103,78 +102,6 @@ def train_vocab(texts: Sequence[str], size: int = 8000, *, min_frequency: int = 
     return vocab
 
 
-def make_tokenizer(vocab: dict[str, int], *, lowercase: bool = True, model_max_length: int = 512):
-    """A transformers ``BertTokenizer`` (the fast one in transformers 5) over ``vocab``."""
-    from transformers import BertTokenizer
-
-    return BertTokenizer(vocab=dict(vocab), do_lower_case=lowercase, model_max_length=model_max_length)
-
-
-def save_tokenizer(tokenizer, out: str | Path) -> Path:
-    """``save_pretrained`` plus ``vocab.txt`` (transformers 5 no longer writes it; older loaders need it)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(str(out))
-    write_vocab_txt(tokenizer.get_vocab(), out)
-    return out
-
-
-def write_vocab_txt(vocab: dict[str, int], out: Path) -> None:
-    """``vocab.txt``: one token per line, line number = id."""
-    ordered = sorted(vocab.items(), key=lambda kv: kv[1])
-    if [i for _, i in ordered] != list(range(len(ordered))):
-        raise QingbertError("vocabulary ids are not contiguous; cannot write vocab.txt")
-    atomic_write_text(out / "vocab.txt", "".join(t + "\n" for t, _ in ordered))
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
-
-
-def copy_tokenizer(name_or_path: str, out: str | Path):
-    """Put a copy of a tokenizer in ``out`` and return its ``tokenizers.Tokenizer``.
-
-    A folder with ``tokenizer.json`` is copied file by file (no transformers import);
-    anything else (a ``vocab.txt``-only folder, a hub id) goes through transformers.
-    """
-    src, out = Path(name_or_path), Path(out)
-    if (src / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
-
-        try:
-            backend = Tokenizer.from_file(str(src / "tokenizer.json"))
-        except Exception as e:  # noqa: BLE001 - a corrupt file; say which
-            raise QingbertError(f"{src / 'tokenizer.json'}: cannot load ({type(e).__name__}: {e})") from None
-        out.mkdir(parents=True, exist_ok=True)
-        for name in TOKENIZER_FILES:
-            if (src / name).is_file():
-                shutil.copyfile(src / name, out / name)
-        if not (src / "vocab.txt").is_file():
-            write_vocab_txt(backend.get_vocab(), out)
-        return backend
-    tokenizer = load_tokenizer(name_or_path)
-    save_tokenizer(tokenizer, out)
-    return tokenizer.backend_tokenizer
-
-
-def load_tokenizer(name_or_path: str):
-    """A fast BERT-style tokenizer from a folder (``tokenizer.json`` or only ``vocab.txt``) or hub id."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        from transformers import AutoTokenizer, BertTokenizer
-
-        if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
-            try:
-                return AutoTokenizer.from_pretrained(str(path))
-            except Exception as e:  # noqa: BLE001 - a broken folder; say which
-                raise QingbertError(f"{path}: cannot load tokenizer ({type(e).__name__}: {e})") from None
-        if (path / "vocab.txt").exists():
-            return BertTokenizer.from_pretrained(str(path))
-        raise QingbertError(f"{path}: no tokenizer.json or vocab.txt in this folder")
-    from . import zoo
-
-    return zoo.load_tokenizer(name_or_path)
-
-
 def unk_rate(backend, texts: Iterable[str], batch: int = 4096) -> tuple[float, int]:
     """Share of [UNK] tokens when tokenizing ``texts``; returns (rate, tokens)."""
     unk = backend.token_to_id("[UNK]")
@@ -201,7 +128,7 @@ def build_vocab(sources: list[str], out: str | Path, size: int = 8000, *, min_fr
                 heldout: float = 0.01, lowercase: bool = True, text_field: str = "text",
                 dedup: bool = True) -> dict:
     """``qingbert vocab``: read and clean sources, train on all but a held-out slice, report UNK rate there."""
-    from . import corpus
+    from qingbert import corpus
 
     t0 = time.time()
     stats = corpus.Stats()
@@ -233,7 +160,7 @@ def build_vocab(sources: list[str], out: str | Path, size: int = 8000, *, min_fr
         "corpus": stats.to_dict(),
         "elapsed_s": round(time.time() - t0, 2),
     }
-    from .manifest import write_manifest
+    from qingbert.manifest import write_manifest
 
     write_manifest(out, report)
     return report
@@ -245,5 +172,4 @@ def vocab_summary(report: dict) -> str:
             f"held-out texts: {100 * report['heldout_unk_rate']:.3f}%")
 
 
-__all__ = ["train_vocab", "make_tokenizer", "save_tokenizer", "load_tokenizer", "unk_rate", "build_vocab",
-           "vocab_summary", "SPECIALS"]
+__all__ = ["train_vocab", "unk_rate", "build_vocab", "vocab_summary", "SPECIALS"]

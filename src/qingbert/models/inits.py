@@ -36,7 +36,7 @@ import math
 
 import torch
 
-from .errors import QingbertError
+from qingbert.errors import QingbertError
 
 INITS = ("local-attention", "default")
 DEFAULT_OFFSETS = (-1, 1, -2, 2)

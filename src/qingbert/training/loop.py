@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import QingbertError
+from qingbert.errors import QingbertError
 
 CHECKPOINTS = "checkpoints"
 STATE = "trainer_state.json"

@@ -23,12 +23,7 @@ convention HFL's MiniRBT figures agree to within 1 %.
 from __future__ import annotations
 
 import dataclasses
-import os
-import socket
-import sys
-import threading
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
 from qingbert.errors import QingbertError, closest
 
@@ -290,7 +285,7 @@ def _build_index() -> dict[str, str]:
 _INDEX = _build_index()
 
 
-def _lookup(name: str) -> ModelSpec | None:
+def lookup(name: str) -> ModelSpec | None:
     key = _INDEX.get(_norm(name))
     return ZOO[key] if key else None
 
@@ -299,7 +294,7 @@ def get_spec(name: str | ModelSpec) -> ModelSpec:
     """The zoo entry for ``name`` (case-insensitive; display names, aliases and hub ids work)."""
     if isinstance(name, ModelSpec):
         return name
-    spec = _lookup(str(name))
+    spec = lookup(str(name))
     if spec is not None:
         return spec
     guess = closest(_norm(str(name)), list(_INDEX))
@@ -425,13 +420,13 @@ def build_config(name_or_spec: str | ModelSpec, vocab_size: int | None = None, *
     return BertConfig(**kw)
 
 
-def _check_head(head: str) -> None:
+def check_head(head: str) -> None:
     if head not in HEADS:
         raise QingbertError(f"unknown head '{head}'", hint="use 'mlm' or 'base'")
 
 
-def _model_class(config, head: str):
-    _check_head(head)
+def model_class(config, head: str):
+    check_head(head)
     if head == "base":
         from transformers import AutoModel
 
@@ -449,185 +444,13 @@ def build_model(name_or_spec: str | ModelSpec, vocab_size: int | None = None, he
                 **overrides):
     """A randomly initialised model of the shape: ``head`` 'mlm' (masked-LM head) or 'base'."""
     config = build_config(name_or_spec, vocab_size, **overrides)
-    cls = _model_class(config, head)
+    cls = model_class(config, head)
     if cls.__name__.startswith("Auto"):
         return cls.from_config(config)
     return cls(config)
 
 
-# --------------------------------------------------------------------------
-# Loading
-# --------------------------------------------------------------------------
-
-def _looks_like_path(s: str) -> bool:
-    return (s.startswith((".", "/", "~")) or "\\" in s or s.count("/") > 1
-            or os.path.isabs(s))
-
-
-def _resolve(name_or_path) -> tuple[str, bool]:
-    """``(what to pass to from_pretrained, is_local_folder)``."""
-    s = os.fspath(name_or_path)
-    expanded = os.path.expanduser(s)
-    if os.path.isdir(expanded):
-        return expanded, True
-    if os.path.exists(expanded):
-        raise QingbertError(f"'{s}' is a file, not a model folder",
-                            hint="pass the folder that holds config.json")
-    if _looks_like_path(s):
-        raise QingbertError(f"no such model folder '{s}'")
-    spec = _lookup(s)
-    if spec is not None:
-        if spec.hub_id is None:
-            raise QingbertError(
-                f"'{spec.name}' has no public weights on the Hugging Face hub",
-                hint=f"build it from scratch with build_model('{spec.name}') and pre-train it",
-            )
-        return spec.hub_id, False
-    return s, False
-
-
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _hub_offline() -> bool:
-    return _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
-
-
-def _hub_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "").rstrip("/") or "https://huggingface.co"
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Fast check that a TCP connection to the hub endpoint can be opened.
-
-    The hub client retries connection errors with back-off (about 25 s before
-    giving up), so without this probe an offline machine waits that long per
-    file.  With a proxy configured a direct probe proves nothing, so we say
-    "reachable" and let the real request decide.
-    """
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    url = urlparse(_hub_endpoint())
-    host = url.hostname
-    if not host:
-        return True
-    port = url.port or (443 if url.scheme == "https" else 80)
-    result: list[bool] = []
-
-    def attempt():
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                result.append(True)
-        except OSError:
-            result.append(False)
-
-    # getaddrinfo has no timeout of its own, so the attempt runs in a thread.
-    t = threading.Thread(target=attempt, daemon=True)
-    t.start()
-    t.join(timeout + 0.5)
-    return bool(result and result[0])
-
-
-def _hub_errors() -> tuple[type, ...]:
-    errors: list[type] = [OSError, ConnectionError, TimeoutError]
-    try:
-        from huggingface_hub.errors import HfHubHTTPError
-
-        errors.append(HfHubHTTPError)
-    except ImportError:  # pragma: no cover - very old huggingface_hub
-        pass
-    # HTTP client errors that may escape un-wrapped; a client that was never
-    # imported cannot have raised, so only look at the loaded ones.
-    for mod, attr in (("httpx", "HTTPError"), ("httpx2", "HTTPError"), ("requests", "RequestException")):
-        exc = getattr(sys.modules.get(mod), attr, None)
-        if isinstance(exc, type) and issubclass(exc, BaseException):
-            errors.append(exc)
-    return tuple(errors)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _no_network_error(repo: str, why: str) -> QingbertError:
-    folder = repo.rsplit("/", 1)[-1]
-    return QingbertError(
-        f"cannot download '{repo}' ({why})",
-        hint=f"on a connected machine run `hf download {repo} --local-dir {folder}` "
-             "and pass that folder instead",
-    )
-
-
-def _from_hub(load, repo: str):
-    """Run ``load(**kwargs)`` for a hub repo id, turning every hub failure into one QingbertError."""
-    errors = _hub_errors()
-    if _hub_offline():
-        try:
-            return load(local_files_only=True)
-        except errors:
-            raise _no_network_error(repo, "HF_HUB_OFFLINE is set and it is not in the local cache") from None
-    if not _hub_reachable():
-        # No network: still fine if the files are already in the local cache.
-        try:
-            return load(local_files_only=True)
-        except errors:
-            raise _no_network_error(repo, "no network access to the Hugging Face hub") from None
-    try:
-        return load()
-    except errors as exc:
-        msg = _first_line(exc)
-        low = msg.lower()
-        if "couldn't connect" in low or "connection" in low or "timed out" in low:
-            raise _no_network_error(repo, "the Hugging Face hub did not answer") from None
-        if "not a valid model identifier" in low or "repository not found" in low or "404" in low:
-            guess = closest(_norm(repo), list(_INDEX))
-            hint = "check the name, or see `qingbert zoo`"
-            if guess is not None:
-                hint = f"did you mean '{_INDEX[guess]}'? see `qingbert zoo`"
-            raise QingbertError(
-                f"'{repo}' is neither a local folder nor a model on the Hugging Face hub", hint=hint
-            ) from None
-        raise QingbertError(f"cannot load '{repo}' from the Hugging Face hub: {msg}") from None
-
-
-def _load(name_or_path, load):
-    source, local = _resolve(name_or_path)
-    if local:
-        try:
-            return load(source)
-        except (OSError, ValueError) as exc:
-            raise QingbertError(f"cannot load from folder '{source}': {_first_line(exc)}") from None
-    return _from_hub(lambda **kw: load(source, **kw), source)
-
-
-def load_model(name_or_path, head: str = "mlm", loading_info: bool = False, **kwargs):
-    """Load pretrained weights from a local folder, a zoo name (via its hub id) or a hub id.
-
-    ``head`` is 'mlm' (masked-LM head; XLNetLMHeadModel for XLNet) or 'base'.
-    With ``loading_info`` returns ``(model, info)`` where info lists missing/unexpected keys
-    (e.g. an MLM head the checkpoint does not have).
-    Extra keyword arguments (``revision``, ``cache_dir``, ``dtype`` ...) go to ``from_pretrained``.
-    """
-    _check_head(head)
-
-    def load(src, **kw):
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(src, **{**kwargs, **kw})
-        cls = _model_class(config, head)
-        return cls.from_pretrained(src, config=config, output_loading_info=loading_info, **{**kwargs, **kw})
-
-    return _load(name_or_path, load)
-
-
-def load_tokenizer(name_or_path, **kwargs):
-    """Load a tokenizer the same way :func:`load_model` loads a model."""
-
-    def load(src, **kw):
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(src, **{**kwargs, **kw})
-
-    return _load(name_or_path, load)
+def did_you_mean(name: str) -> str | None:
+    """The hub id of the zoo model whose name is closest to ``name``, if one is close."""
+    guess = closest(_norm(name), list(_INDEX))
+    return None if guess is None else _INDEX[guess]
