@@ -85,7 +85,7 @@ def prepare_corpus(sources: list[str], work, seq_len: int):
     """Prepare ``sources`` into ``work/data`` (untimed setup); returns the tokenizer and the data's statistics."""
     from pathlib import Path
 
-    from qingbert.prepare import load_prepared, prepare
+    from qingbert.data.prepare import load_prepared, prepare
     from qingbert.models.loading import load_tokenizer
 
     work = Path(work)

@@ -69,7 +69,7 @@ def make_teacher(work: Path, teacher: str | None, data: str | None, quick: bool,
                 sys.exit(f"{t}: give --data (the prepared corpus the teacher was trained on)")
         return t, Path(data), {"given": True, "masked_accuracy": (m.get("eval_after") or {}).get("masked_accuracy"),
                                "steps": m.get("steps"), "tokens_seen": m.get("tokens_seen")}
-    from qingbert.prepare import prepare
+    from qingbert.data.prepare import prepare
     from qingbert.pretrain import pretrain
 
     t, corpus = work / "teacher", Path(data) if data else work / "corpus"

@@ -191,7 +191,7 @@ def wide_vocab_model(corpus: Path, out: Path) -> Path:
 
 
 def bench_prune(work: Path, corpus: Path) -> dict:
-    from qingbert.prepare import prepare
+    from qingbert.data.prepare import prepare
     from qingbert.prune import prune_vocab
     from qingbert.pretrain import pretrain
 
@@ -274,7 +274,7 @@ def main() -> None:
     from transformers.utils import logging as tlog
 
     from qingbert.demo import SEQ_LEN, SOURCES
-    from qingbert.prepare import prepare
+    from qingbert.data.prepare import prepare
 
     tlog.set_verbosity_error()
     tlog.disable_progress_bar()

@@ -53,7 +53,7 @@ LABELS = {
 # Corpus
 
 def builtin_texts() -> list[str]:
-    from qingbert import builtin
+    from qingbert.data import builtin
 
     texts = []
     for split in ("train", "dev", "test"):
@@ -93,7 +93,7 @@ def _rss_mib() -> dict:
 
 
 def run_prepare(corpus: str, out: str, tokenizer: str | None, workers: int) -> dict:
-    from qingbert.prepare import prepare
+    from qingbert.data.prepare import prepare
 
     t = time.perf_counter()
     m = prepare([corpus], out, dedup=False, tokenizer=tokenizer, workers=workers,
@@ -179,7 +179,7 @@ def child(args) -> None:
     elif m == "rjieba":
         res = run_rjieba(args.corpus)
     elif m == "tokenizer":
-        from qingbert.prepare import prepare
+        from qingbert.data.prepare import prepare
 
         prepare(["builtin:peoples-daily", "builtin:reviews"], args.out, progress=False, overwrite=True)
         res = {"path": str(Path(args.out) / "tokenizer")}

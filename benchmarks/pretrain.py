@@ -198,7 +198,7 @@ def run_hf(args) -> dict:
     )
     from transformers.utils import logging as hf_logging
 
-    from qingbert.prepare import load_prepared
+    from qingbert.data.prepare import load_prepared
 
     hf_logging.set_verbosity_error()
     work = Path(args.work)

@@ -67,7 +67,7 @@ REQUEST_TIMEOUT_S = 10.0
 
 def load_sentences(n: int, lo: int = 10, hi: int = 60) -> list[str]:
     """``n`` cleaned built-in reviews of ``lo``-``hi`` characters (train split first, then dev and test)."""
-    from qingbert import builtin
+    from qingbert.data import builtin
 
     out: list[str] = []
     for split in ("train", "dev", "test"):
@@ -86,7 +86,7 @@ def build_models(work: Path) -> dict:
     from qingbert.models import zoo
     from qingbert.embed import save_sentence_transformers
     from qingbert.export import export
-    from qingbert.vocab import build_vocab
+    from qingbert.data.vocab import build_vocab
     from qingbert.models.loading import load_tokenizer
     from qingbert.models.tokenizer import save_tokenizer
 

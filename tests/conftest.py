@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory):
     """A vocab built from the built-in corpus (all splits), shared by the tests."""
-    from qingbert.vocab import build_vocab
+    from qingbert.data.vocab import build_vocab
 
     out = tmp_path_factory.mktemp("vocab")
     build_vocab(["builtin:peoples-daily:all", "builtin:reviews:all"], out, size=9000, heldout=0.01)
@@ -37,7 +37,7 @@ def run_without_qingbert(code: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def small_prepared(tmp_path_factory):
     """A small prepared corpus (reviews dev split, 64-token sequences) for training tests."""
-    from qingbert.prepare import prepare
+    from qingbert.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("prepared") / "data"
     prepare(["builtin:reviews:dev", "builtin:peoples-daily:dev"], out, max_seq_len=64, vocab_size=3000,

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from qingbert import builtin, corpus
+from qingbert.data import builtin, corpus
 from qingbert.errors import QingbertError
 
 

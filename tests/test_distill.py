@@ -36,7 +36,7 @@ def bert(vocab, hidden=64, layers=4, heads=2, seed=0):
 
 
 def a_batch(prepared, n=8):
-    from qingbert.prepare import load_prepared
+    from qingbert.data.prepare import load_prepared
 
     tok = load_tokenizer(str(prepared / "tokenizer"))
     ds = load_prepared(prepared, "train")

@@ -12,7 +12,7 @@ from qingbert.electra import (
     GENERATOR, ElectraConfig, ElectraObjective, load_electra, make_objective, replace_tokens)
 from qingbert.errors import QingbertError
 from qingbert.mlm import IGNORE
-from qingbert.prepare import load_prepared
+from qingbert.data.prepare import load_prepared
 from qingbert.pretrain import PretrainConfig
 from qingbert.training.loop import Trainer, TrainConfig
 from qingbert.models.loading import load_tokenizer

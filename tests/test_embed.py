@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from qingbert.corpus import clean_text
+from qingbert.data.text import clean_text
 from qingbert.embed import (
     SentenceEncoder, TruncationWarning, add_cli, cosent_loss, evaluate_sts, fit_whitening, folder_settings,
     info_nce, run_cli, train_simcse, whiten_model)
@@ -25,7 +25,7 @@ TEXTS = ["今天天气很好。", "这本书写得很精彩，值得一看！", 
 @pytest.fixture(scope="module")
 def sentences():
     """Real Chinese sentences: built-in reviews and People's Daily (dev splits), short ones."""
-    from qingbert.builtin import peoples_daily, reviews
+    from qingbert.data.builtin import peoples_daily, reviews
 
     revs = [t for t, _ in reviews("dev") if 6 <= len(t) <= 40][:120]
     news = ["".join(w) for w, _ in peoples_daily("dev")]
@@ -36,7 +36,7 @@ def sentences():
 @pytest.fixture(scope="module")
 def tok_dir(sentences, tmp_path_factory):
     """A character vocabulary over the test sentences (fast to build)."""
-    from qingbert.vocab import SPECIALS
+    from qingbert.data.vocab import SPECIALS
     from qingbert.models.tokenizer import make_tokenizer, save_tokenizer
 
     chars = sorted({c.lower() for t in sentences + TEXTS for c in t if not c.isspace()})

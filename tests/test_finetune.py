@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 import torch
 
-from qingbert import builtin
+from qingbert.data import builtin
 from qingbert.errors import QingbertError
 from qingbert.finetune import finetune
 from qingbert.models.loading import load_tokenizer

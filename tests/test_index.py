@@ -6,9 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from qingbert.builtin import reviews
+from qingbert.data.builtin import reviews
 from qingbert.errors import QingbertError
-from qingbert.index import add_cli, build_index, embed, load_index, read_corpus, run_cli
+from qingbert.index import add_cli, build_index, embed, load_index, run_cli
+from qingbert.data.corpus import read_corpus
 
 N = 50
 

@@ -323,7 +323,7 @@ def test_sop_loss_with_single_text_batch_and_head_transfer():
 def test_cli_builds_and_refuses_to_overwrite(small_prepared, tmp_path, capsys):
     import argparse
 
-    from qingbert.similar import add_cli
+    from qingbert.data.similar import add_cli
 
     parser = argparse.ArgumentParser()
     add_cli(parser.add_subparsers(dest="verb"))

@@ -35,7 +35,7 @@ def tok(pd_task):
     """A WordPiece vocabulary of People's Daily training text, as a BertTokenizer (size 8000 keeps every character,
     which makes the vocabulary, and so the training test, the same on every run)."""
     from qingbert.models.tokenizer import make_tokenizer
-    from qingbert.vocab import train_vocab
+    from qingbert.data.vocab import train_vocab
 
     return make_tokenizer(train_vocab([e.text for e in pd_task.splits["train"][:1500]], size=8000))
 

@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from qingbert import builtin
+from qingbert.data import builtin
 from qingbert.errors import QingbertError
-from qingbert.prepare import load_prepared, prepare
+from qingbert.data.prepare import load_prepared, prepare
 
 from .conftest import cli_env, run_cli, run_without_qingbert
 
@@ -222,7 +222,7 @@ def test_cli_zoo_json():
 
 def test_vocab_training_is_deterministic():
     """Same corpus, same vocabulary (tokenizers' trainer alone varies between runs: tokenizers#1794)."""
-    from qingbert.vocab import train_vocab
+    from qingbert.data.vocab import train_vocab
 
     texts = [t for t, _ in builtin.reviews("train")]
     first = train_vocab(texts, 6000)

@@ -14,7 +14,7 @@ from transformers import BertConfig, BertForMaskedLM
 
 from qingbert.errors import QingbertError
 from qingbert.mlm import IGNORE, MaskingConfig, WWMCollator, masked_lm_loss
-from qingbert.prepare import load_prepared
+from qingbert.data.prepare import load_prepared
 from qingbert.pretrain import pretrain, tokenizer_info
 from qingbert.training.loop import list_checkpoints
 from qingbert.models.loading import load_tokenizer
@@ -212,7 +212,7 @@ def test_bad_inputs(small_prepared, trained, tmp_path):
         pretrain("minirbt-h256", small_prepared, tmp_path / "o", {"batchsize": 3})
     # a model whose vocabulary is not the data's
     other = tmp_path / "other"
-    from qingbert.prepare import prepare
+    from qingbert.data.prepare import prepare
 
     prepare(["builtin:reviews:test"], tmp_path / "d2", vocab_size=2000, progress=False)
     model_dir, _ = trained

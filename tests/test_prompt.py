@@ -44,9 +44,9 @@ def tok_and_model(sentiment_dir, tmp_path_factory):
     """A tiny vocabulary of the task's characters (no 龘, no Latin) and a tiny random BERT masked-LM folder."""
     from transformers import BertConfig, BertForMaskedLM
 
-    from qingbert.corpus import clean_text
+    from qingbert.data.text import clean_text
     from qingbert.models.tokenizer import make_tokenizer
-    from qingbert.vocab import train_vocab
+    from qingbert.data.vocab import train_vocab
 
     texts = [line.split("\t", 1)[1] for f in sorted(sentiment_dir.glob("*.tsv"))
              for line in f.read_text(encoding="utf-8").splitlines()[1:]]
@@ -140,7 +140,7 @@ def test_one_mask_and_truncation_cuts_only_the_text(tok_and_model):
 def test_label_scores_are_the_mlm_logits_of_the_words_at_the_mask(tok_and_model):
     from transformers import AutoModelForMaskedLM
 
-    from qingbert.corpus import clean_text
+    from qingbert.data.text import clean_text
 
     tok, folder = tok_and_model
     net = AutoModelForMaskedLM.from_pretrained(folder).eval()

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from qingbert import builtin
-from qingbert.corpus import clean_text
+from qingbert.data import builtin
+from qingbert.data.text import clean_text
 from qingbert.errors import QingbertError
 from qingbert.prune import _specials, _tried_pieces, add_cli, prune_summary, prune_vocab, read_keep, run_cli
 
@@ -207,7 +207,7 @@ def test_unk_words_stay_unk(tmp_path):
     """'xyz' is [UNK] (xy, then no ##z); with xy dropped the greedy search would spell it x ##yz instead."""
     from transformers import BertConfig, BertForMaskedLM
 
-    from qingbert.vocab import SPECIALS
+    from qingbert.data.vocab import SPECIALS
     from qingbert.models.loading import load_tokenizer
     from qingbert.models.tokenizer import make_tokenizer
 

@@ -13,8 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from qingbert.builtin import reviews
-from qingbert.corpus import clean_text
+from qingbert.data.builtin import reviews
+from qingbert.data.text import clean_text
 from qingbert.errors import QingbertError
 from qingbert.inference import load
 from qingbert.serve import Batcher, Histogram, Metrics, ServeConfig, add_cli, detokenize, running_server

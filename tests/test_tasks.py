@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qingbert import builtin
+from qingbert.data import builtin
 from qingbert.errors import QingbertError
 from qingbert.tasks import TASKS, QAExample, SpanExample, TextExample, load_generic, load_task, pos_to_spans
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from transformers import BertTokenizer
 
-from qingbert import builtin
-from qingbert.corpus import clean_words
-from qingbert.wwm import WordTokenizer, pack, sample_word_mask
+from qingbert.data import builtin
+from qingbert.data.text import clean_words
+from qingbert.data.wwm import WordTokenizer, pack, sample_word_mask
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ Importing qingbert does not import torch or transformers.
 from qingbert.models import zoo
 from qingbert.errors import QingbertError
 from qingbert.inference import load
-from qingbert.prepare import PrepareConfig, load_prepared, prepare
-from qingbert.vocab import build_vocab
+from qingbert.data.prepare import PrepareConfig, load_prepared, prepare
+from qingbert.data.vocab import build_vocab
 
 __version__ = "0.1.0"
 

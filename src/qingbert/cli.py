@@ -319,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # embeddings (encode, whiten, simcse, eval-sts), semantic search (index) and serving (serve): their stage modules
     # define their own verbs
-    from qingbert import embed, index, prune, serve, similar
+    from qingbert import embed, index, prune, serve
+    from qingbert.data import similar
 
     embed.add_cli(sub)
     index.add_cli(sub)
@@ -368,7 +369,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.verb == "prepare":
         from dataclasses import fields
 
-        from qingbert.prepare import PrepareConfig, prepare, prepare_summary
+        from qingbert.data.prepare import PrepareConfig, prepare, prepare_summary
 
         recipe = _load_recipe(args.config)
         known = {f.name for f in fields(PrepareConfig)}
@@ -387,7 +388,7 @@ def run(args: argparse.Namespace) -> int:
         print(prepare_summary(m))
         print(f"wrote {args.out} (manifest.json lists what made it)")
     elif args.verb == "vocab":
-        from qingbert.vocab import build_vocab, vocab_summary
+        from qingbert.data.vocab import build_vocab, vocab_summary
 
         r = build_vocab(args.sources, args.out, args.size, min_frequency=args.min_frequency, heldout=args.heldout,
                         lowercase=not args.cased, text_field=args.text_field, dedup=args.dedup)
@@ -595,7 +596,7 @@ def _run_distill(args: argparse.Namespace) -> None:
 
 
 def _run_predict(args) -> None:
-    from qingbert.corpus import input_lines
+    from qingbert.data.corpus import input_lines
 
     texts, empty = input_lines(args.text, args.input)
     if empty:

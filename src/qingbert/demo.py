@@ -49,9 +49,9 @@ def _section(title: str) -> None:
 
 def demo(out: str | Path = "demo-output", examples: int = 4, seed: int = 0, steps: int | None = None) -> dict:
     from qingbert.models import zoo
-    from qingbert.prepare import load_prepared, prepare, prepare_summary
+    from qingbert.data.prepare import load_prepared, prepare, prepare_summary
     from qingbert.models.loading import load_tokenizer
-    from qingbert.wwm import sample_word_mask, show_masked
+    from qingbert.data.wwm import sample_word_mask, show_masked
 
     t0 = time.time()
     out = Path(out)
@@ -201,7 +201,7 @@ def serve_section(out: Path, corpus_size: int = 2000) -> dict:
     built-in reviews; send encode, classify, search and one bad request; print the answers; stop the server."""
     import httpx
 
-    from qingbert.builtin import reviews
+    from qingbert.data.builtin import reviews
     from qingbert.index import build_index
     from qingbert.serve import running_server
 

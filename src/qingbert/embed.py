@@ -452,7 +452,7 @@ class SentenceEncoder:
 
     # -- tokenization ------------------------------------------------------------
     def _split(self, items: list) -> list[tuple[str, str | None]]:
-        from qingbert.corpus import clean_text
+        from qingbert.data.text import clean_text
 
         tidy = clean_text if self.clean else (lambda t: t)
         out = []
@@ -755,7 +755,7 @@ def whitening_to_dense(kernel, bias) -> tuple[torch.Tensor, torch.Tensor]:
 def read_corpus(path: str | Path) -> tuple[list[str], dict]:
     """Sentences of a text file (one per line, UTF-8) and ``{"file", "lines", "empty", "sentences"}``: blank lines
     are skipped and counted (the same reader as ``qingbert index build``)."""
-    from qingbert.index import read_corpus as read_lines
+    from qingbert.data.corpus import read_corpus as read_lines
 
     texts, _, empty = read_lines(path)
     return texts, {"file": str(path), "lines": len(texts) + len(empty), "empty": len(empty), "sentences": len(texts)}
@@ -1238,7 +1238,7 @@ def add_cli(subparsers) -> None:
 
 
 def _read_inputs(args) -> list[str]:
-    from qingbert.corpus import input_lines
+    from qingbert.data.corpus import input_lines
 
     texts, empty = input_lines(args.text, args.input)
     if empty:

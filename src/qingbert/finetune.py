@@ -97,7 +97,7 @@ def encode_examples(examples, tokenizer, label2id: dict, max_len: int, in_memory
     unlabelled rows get label -100."""
     from datasets import Dataset
 
-    from qingbert.corpus import clean_text
+    from qingbert.data.text import clean_text
 
     a = [clean_text(e.text) for e in examples]
     b = [clean_text(e.text_b) for e in examples] if examples and examples[0].text_b is not None else None

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qingbert.data.corpus import JSONL_SUFFIXES, read_documents
 from qingbert.errors import QingbertError
 from qingbert.manifest import INDEX_FORMAT, read_manifest, write_manifest
 
@@ -51,64 +52,6 @@ def embed(model, texts: list[str], batch_size: int = 64, pooling: str = "mean", 
 
 # ---------------------------------------------------------------------------
 # the corpus
-
-
-JSONL_SUFFIXES = (".jsonl", ".ndjson")
-
-
-def read_corpus(path: str | Path, text_field: str = "text") -> tuple[list[str], list[int], list[int]]:
-    """``(texts, line_numbers, empty_lines)`` of a corpus file (see :func:`read_documents`)."""
-    texts, lines, empty, _ = read_documents(path, text_field)
-    return texts, lines, empty
-
-
-def read_documents(path: str | Path, text_field: str = "text") -> tuple[list[str], list[int], list[int], list]:
-    """``(texts, line_numbers, empty_lines, fields)`` of a text file with one text per line, or of a JSON-lines
-    file (``.jsonl`` / ``.ndjson``) with one object per line whose ``text_field`` is the text.
-
-    Lines are stripped of surrounding whitespace; empty lines (and JSON objects with an empty text) are not
-    indexed but their (1-based) numbers are returned, so the caller can report them.  ``fields`` holds, per text,
-    the other members of its JSON object (``{}`` for plain text), kept with the index and returned with hits.  A
-    missing, unreadable, non-UTF-8 or textless file, or a JSON line that is not an object with a string
-    ``text_field``, is a clear error naming the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise QingbertError(f"no such corpus file '{path}'",
-                            hint="give a text file with one text per line, or a .jsonl file of {\"text\": ...}")
-    from qingbert.corpus import read_utf8
-
-    content = read_utf8(path, "corpus")
-    jsonl = path.suffix.lower() in JSONL_SUFFIXES
-    texts, lines, empty, fields = [], [], [], []
-    for n, line in enumerate(content.splitlines(), start=1):
-        raw = line.strip()
-        extra = {}
-        if jsonl and raw:
-            try:
-                rec = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise QingbertError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})",
-                                    hint="one JSON object per line") from None
-            if not isinstance(rec, dict):
-                raise QingbertError(f"{path}:{n}: a JSON {type(rec).__name__}, not an object",
-                                    hint=f'one object per line, e.g. {{"{text_field}": "..."}}')
-            if text_field not in rec:
-                raise QingbertError(f"{path}:{n}: no '{text_field}' field (fields: {', '.join(sorted(rec)) or 'none'})",
-                                    hint="name the text field with --text-field")
-            if not isinstance(rec[text_field], str):
-                raise QingbertError(f"{path}:{n}: '{text_field}' is a {type(rec[text_field]).__name__}, not a string")
-            raw = rec[text_field].strip()
-            extra = {k: v for k, v in rec.items() if k != text_field}
-        if raw:
-            texts.append(raw)
-            lines.append(n)
-            fields.append(extra)
-        else:
-            empty.append(n)
-    if not texts:
-        what = "is empty" if not content else f"has no text ({len(empty)} empty lines)"
-        raise QingbertError(f"corpus file '{path}' {what}", hint="one text per line")
-    return texts, lines, empty, fields
 
 
 # ---------------------------------------------------------------------------

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from qingbert.errors import QingbertError
-from qingbert.similar import (  # noqa: F401
+from qingbert.data.similar import (  # noqa: F401
     BUILD_HINT, FORMAT, SimilarWords, build_similar_words, load_similar_words, vocab_fingerprint)
 from qingbert.mlm import IGNORE, MLMObjective, WWMCollator, attention_of, document_attention, masked_lm_loss
 

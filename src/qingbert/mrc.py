@@ -95,7 +95,7 @@ def encode_qa(examples: list[QAExample], tokenizer, max_len: int = 384, doc_stri
     """
     from datasets import Dataset
 
-    from qingbert.corpus import normalize_chars
+    from qingbert.data.text import normalize_chars
 
     if not getattr(tokenizer, "is_fast", False):
         raise QingbertError("reading comprehension needs a fast tokenizer (character offsets)",

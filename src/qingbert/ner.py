@@ -114,7 +114,7 @@ def encode_ner(examples, tokenizer, tags: list[str], max_len: int):
     """
     from datasets import Dataset
 
-    from qingbert.corpus import normalize_chars
+    from qingbert.data.text import normalize_chars
 
     types = _entity_types(tags)
     _check_types(examples, types)

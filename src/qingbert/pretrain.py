@@ -80,8 +80,8 @@ def tokenizer_info(tokenizer) -> dict:
 
 def open_data(data: str | Path):
     """The prepared folder's train/eval datasets and tokenizer, with a clear error if it is not one."""
-    from qingbert.prepare import FORMAT as DATA_FORMAT
-    from qingbert.prepare import load_prepared
+    from qingbert.data.prepare import FORMAT as DATA_FORMAT
+    from qingbert.data.prepare import load_prepared
     from qingbert.models.loading import load_tokenizer
 
     data = Path(data)
@@ -257,7 +257,7 @@ def fill_mask(model: str, text: str, top_k: int = 5) -> list:
     from qingbert.models import zoo
     from qingbert.models.loading import load_tokenizer
 
-    from qingbert.corpus import clean_text
+    from qingbert.data.text import clean_text
 
     text = clean_text(text)  # the same clean-up as the training text (full-width -> half-width, ...)
     if "[MASK]" not in text:

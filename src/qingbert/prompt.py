@@ -201,7 +201,7 @@ def parse_verbalizer(spec) -> dict:
             if not is_file:
                 raise QingbertError(f"verbaliser file {path} not found")
             where = str(path)
-            from qingbert.corpus import read_utf8
+            from qingbert.data.corpus import read_utf8
 
             try:
                 data = yaml.safe_load(read_utf8(path))
@@ -270,7 +270,7 @@ def match_labels(verbalizer: dict, labels: list, label_names: dict | None = None
 def verbalizer_token_ids(tokenizer, words: list, labels: list) -> list:
     """One vocabulary id per label word; a word that is several tokens, ``[UNK]``, a special token or another
     label's token is refused, saying what the vocabulary made of it."""
-    from qingbert.corpus import clean_text
+    from qingbert.data.text import clean_text
 
     specials = set(tokenizer.all_special_ids)
     ids, owner = [], {}
@@ -320,7 +320,7 @@ def encode_prompts(examples, tokenizer, template: Template, label2id: dict, max_
     Template pieces and texts are tokenized apart and joined, so a long text is cut to the budget the template
     leaves and the ``[MASK]`` is always in the input.  A ``[MASK]`` written inside a text becomes ``[UNK]``
     (counted): the only mask the model sees is the template's."""
-    from qingbert.corpus import clean_text
+    from qingbert.data.text import clean_text
     from qingbert.training.batching import Rows
 
     if tokenizer.mask_token_id is None or tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:

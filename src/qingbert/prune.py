@@ -84,7 +84,7 @@ def read_keep(keep) -> list[str]:
         s = os.fspath(keep)
         p = Path(s).expanduser()
         if p.is_file():
-            from qingbert.corpus import read_utf8
+            from qingbert.data.corpus import read_utf8
 
             items = read_utf8(p, "--keep file").splitlines()
         elif "/" in s or "\\" in s or s.lower().endswith(".txt"):
@@ -168,7 +168,7 @@ def _specials(tokenizer, config, vocab: dict[str, int]) -> list[int]:
     """Ids that are kept whatever the corpus says: the BERT five, the tokenizer's declared specials and added
     tokens, and every ``*_token_id`` of the model config.  A declared special outside the vocabulary is an error:
     its id would be made up."""
-    from qingbert.vocab import SPECIALS
+    from qingbert.data.vocab import SPECIALS
 
     declared = list(dict.fromkeys(list(tokenizer.all_special_tokens)))
     missing = [t for t in declared if t not in vocab]
@@ -344,7 +344,8 @@ def _read_corpus(sources: list[str], counter: _Count, text_field: str, progress:
     """Tokenize every source; returns per-source counts.  A source with no text is an error naming it."""
     from tqdm.auto import tqdm
 
-    from qingbert.corpus import Stats, clean_text, read_sources
+    from qingbert.data.text import Stats, clean_text
+    from qingbert.data.corpus import read_sources
 
     per_source = []
     with tqdm(desc="tokenize", unit="text", unit_scale=True, disable=None if progress else True) as bar:

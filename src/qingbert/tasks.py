@@ -144,7 +144,7 @@ def _read_jsonl(path: Path, task: Task):
 
 
 def _read_json(path: Path):
-    from qingbert.corpus import read_utf8
+    from qingbert.data.corpus import read_utf8
 
     text = read_utf8(path)
     try:
@@ -623,7 +623,7 @@ def _squad_reader(file_candidates: dict):
 
 
 def _builtin_reviews(name: str, data_dir=None) -> Task:
-    from qingbert import builtin
+    from qingbert.data import builtin
 
     task = Task(name=name, type="classification")
     records = {}
@@ -661,7 +661,7 @@ def pos_to_spans(words, tags) -> tuple[str, list]:
 
 
 def _builtin_peoples_daily(name: str, data_dir=None) -> Task:
-    from qingbert import builtin
+    from qingbert.data import builtin
 
     task = Task(name=name, type="ner")
     records = {}

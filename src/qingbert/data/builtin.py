@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from qingbert.corpus import Stats, clean_text, clean_words, text_hash
+from qingbert.data.text import Stats, clean_text, clean_words, text_hash
 from qingbert.errors import QingbertError, closest
 
 SPLITS = ("train", "dev", "test")

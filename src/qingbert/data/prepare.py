@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qingbert import corpus
+from qingbert.data import corpus
 from qingbert.errors import QingbertError
 from qingbert.manifest import PREPARED_FORMAT, read_manifest, write_manifest
 
@@ -67,8 +67,8 @@ def _init_worker(tokenizer_json: str, segmenter: str, max_seq_len: int, pack: bo
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     from tokenizers import Tokenizer
 
-    from qingbert.segment import get_segmenter
-    from qingbert.wwm import WordTokenizer
+    from qingbert.data.segment import get_segmenter
+    from qingbert.data.wwm import WordTokenizer
 
     backend = Tokenizer.from_str(tokenizer_json)
     _W.update(
@@ -86,8 +86,8 @@ def _init_worker(tokenizer_json: str, segmenter: str, max_seq_len: int, pack: bo
 
 def _process_chunk(chunk: tuple[str, list[str]]) -> dict:
     """One chunk of work-file lines of one split -> packed arrays + counts."""
-    from qingbert.segment import span_counts
-    from qingbert.wwm import pack
+    from qingbert.data.segment import span_counts
+    from qingbert.data.wwm import pack
 
     split, lines = chunk
     f1 = [0] * 6
@@ -202,7 +202,7 @@ def _chunks(work_files: dict, chunk_chars: int):
 
 def prepare(sources: list[str], out: str | Path, config: PrepareConfig | None = None, **overrides) -> dict:
     """Turn text sources into WWM-ready packed shards in ``out``; returns the manifest."""
-    from qingbert.segment import get_segmenter
+    from qingbert.data.segment import get_segmenter
 
     cfg = config or PrepareConfig()
     for k, v in overrides.items():
@@ -228,7 +228,7 @@ def prepare(sources: list[str], out: str | Path, config: PrepareConfig | None = 
 
 def _run(files: list[str], out: Path, cfg: PrepareConfig, stats, max_chars: int, t0: float) -> dict:
     from qingbert.models.tokenizer import copy_tokenizer, make_tokenizer, save_tokenizer
-    from qingbert.vocab import train_vocab
+    from qingbert.data.vocab import train_vocab
 
     sources = cfg.sources
     work = out / ".work"

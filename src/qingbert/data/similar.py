@@ -166,7 +166,7 @@ def build_similar_words(data_dir, out_dir, *, dim: int = 64, min_count: int = 5,
     examples).  ``workers`` 0 = one per CPU core (gensim is only reproducible with ``workers=1``).
     Returns the report (the manifest)."""
     from qingbert.manifest import write_manifest
-    from qingbert.prepare import load_prepared
+    from qingbert.data.prepare import load_prepared
     from qingbert.models.loading import load_tokenizer
 
     for name, v, lo in (("dim", dim, 1), ("min_count", min_count, 1), ("top_k", top_k, 1), ("epochs", epochs, 1),

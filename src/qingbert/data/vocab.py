@@ -17,7 +17,7 @@ import unicodedata
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from qingbert.corpus import is_cjk
+from qingbert.data.text import is_cjk
 from qingbert.models.tokenizer import make_tokenizer, save_tokenizer
 from qingbert.errors import QingbertError
 
@@ -128,7 +128,7 @@ def build_vocab(sources: list[str], out: str | Path, size: int = 8000, *, min_fr
                 heldout: float = 0.01, lowercase: bool = True, text_field: str = "text",
                 dedup: bool = True) -> dict:
     """``qingbert vocab``: read and clean sources, train on all but a held-out slice, report UNK rate there."""
-    from qingbert import corpus
+    from qingbert.data import corpus
 
     t0 = time.time()
     stats = corpus.Stats()

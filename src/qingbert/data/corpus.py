@@ -14,124 +14,21 @@ strings whose concatenation is ``text``) for sources that carry one, else ``None
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import re
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from qingbert.data import builtin
+from qingbert.data.text import Stats, clean_text, clean_words, text_hash
 from qingbert.errors import QingbertError
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 ENCODINGS = ("utf-8", "utf-8-sig", "gb18030")
-MAX_EXAMPLES = 20  # how many skipped lines are kept verbatim (file:line: reason) per stage
-
-
-@dataclass
-class Stats:
-    """Counts of what happened to the input, written to the manifest."""
-
-    lines_read: int = 0
-    chars_read: int = 0
-    records_kept: int = 0
-    chars_kept: int = 0
-    dropped: Counter = field(default_factory=Counter)  # reason -> count
-    pieces_from_long_lines: int = 0
-    long_lines: int = 0
-    hard_cuts: int = 0
-    files: list = field(default_factory=list)  # per-file info: path, encoding, lines
-    skipped_files: list = field(default_factory=list)
-    examples: list = field(default_factory=list)  # "file:line: reason"
-
-    def skip(self, reason: str, where: str) -> None:
-        self.dropped[reason] += 1
-        if len(self.examples) < MAX_EXAMPLES:
-            self.examples.append(f"{where}: {reason}")
-
-    def to_dict(self) -> dict:
-        total = self.lines_read
-        dup = self.dropped.get("duplicate", 0)
-        return {
-            "lines_read": self.lines_read,
-            "chars_read": self.chars_read,
-            "records_kept": self.records_kept,
-            "chars_kept": self.chars_kept,
-            "dropped": dict(sorted(self.dropped.items())),
-            "dedup_rate": round(dup / total, 6) if total else 0.0,
-            "long_lines_split": self.long_lines,
-            "pieces_from_long_lines": self.pieces_from_long_lines,
-            "hard_cuts_without_sentence_end": self.hard_cuts,
-            "files": self.files,
-            "skipped_files": self.skipped_files,
-            "skip_examples": self.examples,
-        }
-
-    def summary(self) -> str:
-        return summarize(self.to_dict())
-
-
-def summarize(c: dict) -> str:
-    """One line on what reading and cleaning did (from :meth:`Stats.to_dict`, e.g. a manifest's ``corpus``)."""
-    dropped = ", ".join(f"{n:,} {r}" for r, n in c["dropped"].items()) or "none"
-    s = (f"read {c['lines_read']:,} lines, kept {c['records_kept']:,} texts ({c['chars_kept']:,} chars); "
-         f"dropped: {dropped}; dedup rate {100 * c['dedup_rate']:.1f}%")
-    for f in c["files"]:
-        if "dedup" in f:  # built-in sets are deduplicated (before splitting) when loaded
-            d = f["dedup"]
-            s += f"; {f['path']}: {d['duplicate']:,} of {d['lines']:,} lines were duplicates"
-    if c["long_lines_split"]:
-        s += f"; {c['long_lines_split']:,} long lines split into {c['pieces_from_long_lines']:,} pieces"
-    if c["skipped_files"]:
-        s += "; skipped files: " + ", ".join(f"{f['path']} ({f['reason']})" for f in c["skipped_files"][:5])
-    return s
 
 
 # ---------------------------------------------------------------------------
 # Unicode clean-up
-
-def _clean_table() -> dict:
-    table = {}
-    for cp in range(0xFF01, 0xFF5F):  # full-width ASCII -> half-width
-        table[cp] = cp - 0xFEE0
-    table[0x3000] = " "  # ideographic space
-    for cp in list(range(0x00, 0x20)) + [0x7F] + list(range(0x80, 0xA0)):
-        table[cp] = " " if chr(cp) in "\t\n\r\x0b\x0c" else None
-    for cp in (0x00A0, 0x2028, 0x2029, 0x202F, 0x205F) + tuple(range(0x2000, 0x200B)):
-        table[cp] = " "
-    for cp in (0x200B, 0x200C, 0x200D, 0x200E, 0x200F, 0x2060, 0xFEFF, 0x00AD, 0xFFFD):
-        table[cp] = None
-    return table
-
-
-_TABLE = _clean_table()
-_SAME_LENGTH = {cp: (" " if v is None else v) for cp, v in _TABLE.items()}
-_SPACES = re.compile(r"\s{2,}")
-
-
-def clean_text(text: str) -> str:
-    """Full-width ASCII to half-width, control and zero-width characters out, spaces collapsed."""
-    text = text.translate(_TABLE)
-    if "  " in text:
-        text = _SPACES.sub(" ", text)
-    return text.strip()
-
-
-def normalize_chars(text: str) -> str:
-    """The clean-up of :func:`clean_text` one character for one (dropped characters become spaces),
-    so character offsets (NER spans, answer starts) stay valid."""
-    return text.translate(_SAME_LENGTH)
-
-
-def clean_words(words: Iterable[str]) -> list[str]:
-    """Clean each word of a gold segmentation, dropping words that become empty."""
-    out = []
-    for w in words:
-        w = w.translate(_TABLE).replace(" ", "")
-        if w:
-            out.append(w)
-    return out
 
 
 # ---------------------------------------------------------------------------
@@ -356,17 +253,11 @@ Record = tuple[str, "list[str] | None"]
 
 def read_sources(sources: Iterable[str], stats: Stats, text_field: str = "text") -> Iterator[Record]:
     """Yield raw records from every source, in order."""
-    from qingbert import builtin
-
     for src in expand_sources(sources, stats):
         if src.startswith("builtin:"):
             yield from builtin.corpus_records(src, stats)
         else:
             yield from read_file(src, stats, text_field)
-
-
-def text_hash(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
 
 
 def clean_records(
@@ -412,15 +303,61 @@ def clean_records(
             yield t, w, h
 
 
-def is_cjk(ch: str) -> bool:
-    cp = ord(ch)
-    return (
-        0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF
-        or 0x2A700 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F
-    )
+__all__ = ["split_long", "read_sources", "read_file", "expand_sources", "clean_records", "read_documents",
+           "read_corpus"]
 
 
-__all__ = [
-    "Stats", "summarize", "clean_text", "clean_words", "split_long", "read_sources", "read_file",
-    "expand_sources", "clean_records", "text_hash", "is_cjk",
-]
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
+def read_corpus(path: str | Path, text_field: str = "text") -> tuple[list[str], list[int], list[int]]:
+    """``(texts, line_numbers, empty_lines)`` of a corpus file (see :func:`read_documents`)."""
+    texts, lines, empty, _ = read_documents(path, text_field)
+    return texts, lines, empty
+
+
+def read_documents(path: str | Path, text_field: str = "text") -> tuple[list[str], list[int], list[int], list]:
+    """``(texts, line_numbers, empty_lines, fields)`` of a text file with one text per line, or of a JSON-lines
+    file (``.jsonl`` / ``.ndjson``) with one object per line whose ``text_field`` is the text.
+
+    Lines are stripped of surrounding whitespace; empty lines (and JSON objects with an empty text) are not
+    indexed but their (1-based) numbers are returned, so the caller can report them.  ``fields`` holds, per text,
+    the other members of its JSON object (``{}`` for plain text), kept with the index and returned with hits.  A
+    missing, unreadable, non-UTF-8 or textless file, or a JSON line that is not an object with a string
+    ``text_field``, is a clear error naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise QingbertError(f"no such corpus file '{path}'",
+                            hint="give a text file with one text per line, or a .jsonl file of {\"text\": ...}")
+    content = read_utf8(path, "corpus")
+    jsonl = path.suffix.lower() in JSONL_SUFFIXES
+    texts, lines, empty, fields = [], [], [], []
+    for n, line in enumerate(content.splitlines(), start=1):
+        raw = line.strip()
+        extra = {}
+        if jsonl and raw:
+            try:
+                rec = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise QingbertError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})",
+                                    hint="one JSON object per line") from None
+            if not isinstance(rec, dict):
+                raise QingbertError(f"{path}:{n}: a JSON {type(rec).__name__}, not an object",
+                                    hint=f'one object per line, e.g. {{"{text_field}": "..."}}')
+            if text_field not in rec:
+                raise QingbertError(f"{path}:{n}: no '{text_field}' field (fields: {', '.join(sorted(rec)) or 'none'})",
+                                    hint="name the text field with --text-field")
+            if not isinstance(rec[text_field], str):
+                raise QingbertError(f"{path}:{n}: '{text_field}' is a {type(rec[text_field]).__name__}, not a string")
+            raw = rec[text_field].strip()
+            extra = {k: v for k, v in rec.items() if k != text_field}
+        if raw:
+            texts.append(raw)
+            lines.append(n)
+            fields.append(extra)
+        else:
+            empty.append(n)
+    if not texts:
+        what = "is empty" if not content else f"has no text ({len(empty)} empty lines)"
+        raise QingbertError(f"corpus file '{path}' {what}", hint="one text per line")
+    return texts, lines, empty, fields
