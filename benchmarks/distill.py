@@ -146,8 +146,8 @@ def _order(n: int, seed: int):
 
 def _fingerprinting_collator(tokenizer, seed: int):
     """qingbert's WWMCollator, also recording (real tokens, masked tokens, sum of input ids) of each batch."""
-    from qingbert.mlm import MaskingConfig, WWMCollator
-    from qingbert.pretrain import tokenizer_info
+    from qingbert.pretraining.mlm import MaskingConfig, WWMCollator
+    from qingbert.pretraining.mlm import tokenizer_info
 
     class FingerprintCollator(WWMCollator):
         def __init__(self, *a, **kw):
@@ -198,7 +198,7 @@ def run_qingbert(args, teacher_backend: str | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     from qingbert.distill import DistillConfig, GeneralDistillObjective
-    from qingbert.pretrain import open_data
+    from qingbert.pretraining.pretrain import open_data
     from qingbert.training.loop import Trainer
 
     torch.manual_seed(SEED)  # (the projections are initialised before the Trainer seeds everything)
@@ -269,7 +269,7 @@ def run_textbrewer(args) -> dict:
     from torch.utils.data import DataLoader
     from transformers import get_linear_schedule_with_warmup
 
-    from qingbert.pretrain import open_data
+    from qingbert.pretraining.pretrain import open_data
 
     torch.manual_seed(SEED)
     work, out = Path(args.work), Path(args.out)

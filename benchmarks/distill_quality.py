@@ -70,7 +70,7 @@ def make_teacher(work: Path, teacher: str | None, data: str | None, quick: bool,
         return t, Path(data), {"given": True, "masked_accuracy": (m.get("eval_after") or {}).get("masked_accuracy"),
                                "steps": m.get("steps"), "tokens_seen": m.get("tokens_seen")}
     from qingbert.data.prepare import prepare
-    from qingbert.pretrain import pretrain
+    from qingbert.pretraining.pretrain import pretrain
 
     t, corpus = work / "teacher", Path(data) if data else work / "corpus"
     recipe = dict(TEACHER_RECIPE, progress=False, **({"threads": threads} if threads else {}))
@@ -90,8 +90,9 @@ def agreement(teacher: Path, student: Path, data: Path, work: Path, recipe: dict
     """Held-out masked accuracy of ``student`` and its top-1 agreement with ``teacher`` at the masked positions,
     on the corpus's eval split with the masks the general stage evaluates with (same collator, seed, batches)."""
     from qingbert.distill import DistillConfig, GeneralDistillObjective
-    from qingbert.mlm import WWMCollator
-    from qingbert.pretrain import load_mlm, open_data, tokenizer_info
+    from qingbert.pretraining.mlm import WWMCollator
+    from qingbert.pretraining.mlm import load_mlm, tokenizer_info
+    from qingbert.pretraining.pretrain import open_data
     from qingbert.training.loop import Trainer
 
     train_ds, eval_ds, tok, _ = open_data(data)

@@ -38,7 +38,7 @@ def main() -> None:
     from qingbert.bench import BenchConfig, bench
     from qingbert.demo import FINETUNE_TASKS, SEQ_LEN, SOURCES, TEACHER, TEACHER_RECIPE
     from qingbert.data.prepare import prepare
-    from qingbert.pretrain import pretrain
+    from qingbert.pretraining.pretrain import pretrain
 
     tlog.set_verbosity_error()
     tlog.disable_progress_bar()

@@ -84,8 +84,8 @@ def bench_objectives(work: Path, corpus: Path, seeds: list[int], only: tuple[str
     """Pretrain and fine-tune each objective in ``only``.  With a ``previous`` result whose budget was set by WWM,
     a run of a subset without WWM keeps that budget and merges its rows into the previous ones."""
     from qingbert.demo import FINETUNE_RECIPE, FINETUNE_TASKS, TEACHER, TEACHER_RECIPE
-    from qingbert.macbert import build_similar_words
-    from qingbert.pretrain import pretrain
+    from qingbert.pretraining.macbert import build_similar_words
+    from qingbert.pretraining.pretrain import pretrain
 
     global BUDGET_STEPS, CALIBRATION_STEPS
     if QUICK:
@@ -193,7 +193,7 @@ def wide_vocab_model(corpus: Path, out: Path) -> Path:
 def bench_prune(work: Path, corpus: Path) -> dict:
     from qingbert.data.prepare import prepare
     from qingbert.prune import prune_vocab
-    from qingbert.pretrain import pretrain
+    from qingbert.pretraining.pretrain import pretrain
 
     wide = wide_vocab_model(corpus, work / "wide")
     t = time.time()

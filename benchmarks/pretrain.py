@@ -131,8 +131,8 @@ def run_qingbert(args) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    import qingbert.pretrain as qp
-    from qingbert.mlm import WWMCollator
+    import qingbert.pretraining.pretrain as qp
+    from qingbert.pretraining.mlm import WWMCollator
 
     calls: list[tuple[float, int, int, int]] = []  # (time, epoch, real tokens, padded tokens)
 
@@ -262,8 +262,9 @@ def run_profile(args) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from qingbert.mlm import MLMObjective, WWMCollator, mlm_head
-    from qingbert.pretrain import PretrainConfig, load_mlm, open_data, tokenizer_info
+    from qingbert.pretraining.mlm import MLMObjective, WWMCollator, mlm_head
+    from qingbert.pretraining.pretrain import PretrainConfig, open_data
+    from qingbert.pretraining.mlm import load_mlm, tokenizer_info
     from qingbert.training.loop import Trainer
 
     work = Path(args.work)

@@ -17,8 +17,9 @@ from qingbert.distill import (
     init_from_teacher_layers, preset_matches, resolve_matches)
 from qingbert.errors import QingbertError
 from qingbert.losses import kd_ce
-from qingbert.mlm import IGNORE, WWMCollator
-from qingbert.pretrain import pretrain, tokenizer_info
+from qingbert.pretraining.mlm import IGNORE, WWMCollator
+from qingbert.pretraining.pretrain import pretrain
+from qingbert.pretraining.mlm import tokenizer_info
 from qingbert.training.loop import list_checkpoints
 from qingbert.models.loading import load_tokenizer
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qingbert.electra import (
+from qingbert.pretraining.electra import (
     GENERATOR, ElectraConfig, ElectraObjective, load_electra, make_objective, replace_tokens)
 from qingbert.errors import QingbertError
-from qingbert.mlm import IGNORE
+from qingbert.pretraining.mlm import IGNORE
 from qingbert.data.prepare import load_prepared
-from qingbert.pretrain import PretrainConfig
+from qingbert.pretraining.pretrain import PretrainConfig
 from qingbert.training.loop import Trainer, TrainConfig
 from qingbert.models.loading import load_tokenizer
 from qingbert.models.tokenizer import save_tokenizer
@@ -76,7 +76,7 @@ def test_default_generator_shape_follows_electra(tok):
     assert info["generator"] == {**info["generator"], "hidden": 8, "layers": 1, "heads": 1, "ffn": 32,
                                  "embedding_size": 16}
     from qingbert.models import zoo
-    from qingbert.electra import generator_config
+    from qingbert.pretraining.electra import generator_config
 
     for name, (h, heads, ffn) in {"electra-small": (64, 1, 256), "electra-base": (192, 3, 768)}.items():
         g = generator_config(zoo.build_config(name), ElectraConfig())
@@ -206,7 +206,7 @@ def test_embeddings_are_shared_and_trained_by_both_losses(tok, small_prepared):
 
 
 def test_train_save_load_without_qingbert_and_finetune(tok, small_prepared, tmp_path):
-    from qingbert.models import zoo
+    from qingbert.models import loading
     from qingbert.finetune import FinetuneConfig, load_for_task
 
     cfg = pcfg()
@@ -276,7 +276,7 @@ print("ok")
     ft_loss = net(**enc, labels=torch.tensor([1, 0])).loss
     ft_loss.backward()
     assert torch.isfinite(ft_loss)
-    assert type(zoo.load_model(str(out), head="base")).__name__ == "ElectraModel"
+    assert type(loading.load_model(str(out), head="base")).__name__ == "ElectraModel"
 
     # continued pretraining picks up the generator/ subfolder and shares the embeddings again
     disc, gen, how = load_electra(str(out), tok, ElectraConfig())
@@ -295,7 +295,7 @@ def test_generator_head_runs_only_at_masked_positions_like_bert():
     run it at the masked positions only; the loss equals the model's own full-head loss."""
     from transformers import ElectraConfig as HFConfig, ElectraForMaskedLM
 
-    from qingbert.mlm import masked_lm_loss, mlm_head
+    from qingbert.pretraining.mlm import masked_lm_loss, mlm_head
 
     torch.manual_seed(0)
     m = ElectraForMaskedLM(HFConfig(vocab_size=50, hidden_size=16, embedding_size=16, num_hidden_layers=1,

@@ -8,7 +8,7 @@ from transformers import BertConfig, BertForMaskedLM, ElectraConfig, ElectraForM
 
 from qingbert.errors import QingbertError
 from qingbert.models.inits import apply_init, local_attention_init
-from qingbert.mlm import IGNORE, masked_lm_loss
+from qingbert.pretraining.mlm import IGNORE, masked_lm_loss
 
 
 def bert(hidden=256, heads=4, layers=2, vocab=500, seed=0):

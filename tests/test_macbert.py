@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from qingbert.errors import QingbertError
-from qingbert.macbert import (
+from qingbert.pretraining.macbert import (
     FORMAT, MacBERTCollator, MacBERTConfig, SimilarWords, build_similar_words, load_similar_words, macbert_mask,
     make_objective, pretraining_loss, sop_example, to_pretraining_model)
-from qingbert.mlm import IGNORE, WWMCollator
+from qingbert.pretraining.mlm import IGNORE, WWMCollator
 
 TINY = {"overrides": {"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2},
         "batch_size": 8, "max_steps": 2, "lr": 1e-3, "log_every": 1, "eval_batches": 1, "save_every": 0,
@@ -224,13 +224,13 @@ def test_load_errors(similar_dir, tmp_path):
 
 
 def _cfg(**kw):
-    from qingbert.pretrain import PretrainConfig
+    from qingbert.pretraining.pretrain import PretrainConfig
 
     return PretrainConfig.from_dict({**TINY, **kw})
 
 
 def test_bad_options_fail_before_training(small_prepared, similar_dir, tmp_path):
-    from qingbert.pretrain import open_data
+    from qingbert.pretraining.pretrain import open_data
 
     _, _, tok, _ = open_data(small_prepared)
     cfg = _cfg()
@@ -255,7 +255,7 @@ def test_bad_options_fail_before_training(small_prepared, similar_dir, tmp_path)
 def test_training_steps_and_saved_model_loads(small_prepared, similar_dir, tmp_path, sop):
     from transformers import AutoModelForMaskedLM
 
-    from qingbert.pretrain import open_data, train_and_save
+    from qingbert.pretraining.pretrain import open_data, train_and_save
     from qingbert.training.loop import Trainer
 
     train_ds, eval_ds, tok, _ = open_data(small_prepared)

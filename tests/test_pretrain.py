@@ -13,9 +13,10 @@ from safetensors.torch import load_file
 from transformers import BertConfig, BertForMaskedLM
 
 from qingbert.errors import QingbertError
-from qingbert.mlm import IGNORE, MaskingConfig, WWMCollator, masked_lm_loss
+from qingbert.pretraining.mlm import IGNORE, MaskingConfig, WWMCollator, masked_lm_loss
 from qingbert.data.prepare import load_prepared
-from qingbert.pretrain import pretrain, tokenizer_info
+from qingbert.pretraining.pretrain import pretrain
+from qingbert.pretraining.mlm import tokenizer_info
 from qingbert.training.loop import list_checkpoints
 from qingbert.models.loading import load_tokenizer
 
@@ -279,7 +280,7 @@ def test_model_folder_without_tokenizer_files_is_accepted(small_prepared, tmp_pa
 
 
 def test_document_mask_keeps_packed_texts_apart():
-    from qingbert.mlm import attention_of, document_attention
+    from qingbert.pretraining.mlm import attention_of, document_attention
 
     # [CLS] a a [SEP] b [SEP] [PAD]
     wid = np.array([[-1, 0, 1, -1, 2, -1, -1]])

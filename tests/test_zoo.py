@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from qingbert.models import zoo
+from qingbert.models import loading, zoo
 from qingbert.errors import QingbertError
 
 MINIRBT_TABLE = ["roberta-wwm-ext", "rbt6", "rbt3", "rbt4-h312", "minirbt-h256", "minirbt-h288"]
@@ -239,30 +239,30 @@ def _save_tiny(tmp_path):
 
 def test_load_model_and_tokenizer_from_local_folder(tmp_path):
     model, folder = _save_tiny(tmp_path)
-    loaded = zoo.load_model(str(folder))
+    loaded = loading.load_model(str(folder))
     assert type(loaded).__name__ == "BertForMaskedLM"
     for (n1, p1), (n2, p2) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert n1 == n2 and torch.equal(p1, p2)
-    base = zoo.load_model(folder, head="base")
+    base = loading.load_model(folder, head="base")
     assert type(base).__name__ == "BertModel"
-    tok = zoo.load_tokenizer(str(folder))
+    tok = loading.load_tokenizer(str(folder))
     assert tok("中国人")["input_ids"] == [2, 5, 6, 7, 3]
 
 
 def test_load_model_missing_folder(tmp_path):
     with pytest.raises(QingbertError, match="no such model folder"):
-        zoo.load_model(str(tmp_path / "nope"))
+        loading.load_model(str(tmp_path / "nope"))
 
 
 def test_load_model_broken_folder(tmp_path):
     (tmp_path / "config.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(QingbertError, match="cannot load from folder"):
-        zoo.load_model(str(tmp_path))
+        loading.load_model(str(tmp_path))
 
 
 def test_load_model_without_public_weights():
     with pytest.raises(QingbertError) as info:
-        zoo.load_model("rbt6")
+        loading.load_model("rbt6")
     assert "no public weights" in info.value.message
     assert "build_model" in info.value.hint
 
@@ -271,7 +271,7 @@ def test_load_model_offline_fails_fast(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.monotonic()
     with pytest.raises(QingbertError) as info:
-        zoo.load_model("rbt3", cache_dir=str(tmp_path))  # empty cache: nothing to fall back on
+        loading.load_model("rbt3", cache_dir=str(tmp_path))  # empty cache: nothing to fall back on
     assert time.monotonic() - start < 10
     assert "'hfl/rbt3'" in info.value.message
     assert "hf download hfl/rbt3" in info.value.hint
@@ -281,7 +281,7 @@ def test_load_model_offline_fails_fast(monkeypatch, tmp_path):
 def test_load_tokenizer_offline_fails_fast(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(QingbertError, match="hfl/minirbt-h256"):
-        zoo.load_tokenizer("minirbt-h256", cache_dir=str(tmp_path))
+        loading.load_tokenizer("minirbt-h256", cache_dir=str(tmp_path))
 
 
 def test_load_model_real_hub_path_gives_qingbert_error(monkeypatch, tmp_path):
@@ -292,7 +292,7 @@ def test_load_model_real_hub_path_gives_qingbert_error(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     start = time.monotonic()
     with pytest.raises(QingbertError) as info:
-        zoo.load_model(MISSING_REPO, cache_dir=str(tmp_path))
+        loading.load_model(MISSING_REPO, cache_dir=str(tmp_path))
     assert time.monotonic() - start < 30
     assert MISSING_REPO in info.value.message
     assert "\n" not in str(info.value)
@@ -312,14 +312,14 @@ def test_hub_errors_are_translated(monkeypatch, exc):
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(zoo, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: True)
 
     def boom(*args, **kwargs):
         raise exc
 
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", boom)
     with pytest.raises(QingbertError) as info:
-        zoo.load_model("qingbert-tests/x")
+        loading.load_model("qingbert-tests/x")
     assert "qingbert-tests/x" in info.value.message
     assert "\n" not in str(info.value)
 
@@ -329,14 +329,14 @@ def test_hub_library_errors_are_translated(monkeypatch):
     import transformers
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(zoo, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: True)
     for exc in (LocalEntryNotFoundError("not cached"), OfflineModeIsEnabled("offline")):
         def boom(*args, _exc=exc, **kwargs):
             raise _exc
 
         monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", boom)
         with pytest.raises(QingbertError, match="hfl/rbt3"):
-            zoo.load_tokenizer("hfl/rbt3")
+            loading.load_tokenizer("hfl/rbt3")
 
 
 def test_probe_reports_unreachable_endpoint(monkeypatch):
@@ -345,5 +345,5 @@ def test_probe_reports_unreachable_endpoint(monkeypatch):
     # Port 9 on localhost (discard) is essentially never listening.
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     start = time.monotonic()
-    assert zoo._hub_reachable(timeout=1.0) is False
+    assert loading._hub_reachable(timeout=1.0) is False
     assert time.monotonic() - start < 5

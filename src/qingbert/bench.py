@@ -206,7 +206,7 @@ def count_params(model: str) -> int:
     A folder or hub id is counted from its config on the meta device; a zoo name in closed form.
     Unknown names raise the same :class:`QingbertError` that fine-tuning them would.
     """
-    from qingbert.models import zoo
+    from qingbert.models import loading, zoo
 
     src = model.removeprefix("random:")
     folder = _local_folder(model)
@@ -219,7 +219,7 @@ def count_params(model: str) -> int:
     import torch
     from transformers import AutoConfig, AutoModel
 
-    config = zoo._load(str(folder or src), AutoConfig.from_pretrained)
+    config = loading.from_source(str(folder or src), AutoConfig.from_pretrained)
     with torch.device("meta"):
         net = AutoModel.from_config(config)
     return sum(p.numel() for p in net.parameters())

@@ -395,7 +395,7 @@ def run(args: argparse.Namespace) -> int:
         print(vocab_summary(r))
         print(f"wrote {args.out}: vocab.txt, tokenizer.json (loads with transformers' BertTokenizer)")
     elif args.verb == "pretrain":
-        from qingbert.pretrain import pretrain
+        from qingbert.pretraining.pretrain import pretrain
 
         recipe = _recipe_with_flags(args, PRETRAIN_FLAGS)
         if args.resume:
@@ -423,7 +423,7 @@ def run(args: argparse.Namespace) -> int:
                           f"F1 {100 * a.get('disc_f1', 0):.1f}% on replaced tokens")
             print(f"{m['steps']} steps in {m['elapsed_s']:.0f} s; wrote {args.out} (loads with transformers)")
     elif args.verb == "fill-mask":
-        from qingbert.pretrain import fill_mask, format_fill
+        from qingbert.pretraining.pretrain import fill_mask, format_fill
 
         print(format_fill(args.text, fill_mask(args.model, args.text, args.top_k)))
     elif args.verb == "finetune":

@@ -84,7 +84,7 @@ def demo(out: str | Path = "demo-output", examples: int = 4, seed: int = 0, step
             break
     _section(f"pretrain: a small teacher ({TEACHER} width, 2 layers, WWM-MLM from the local-attention init, "
              "about 6 minutes)")
-    from qingbert.pretrain import fill_mask, format_fill, pretrain
+    from qingbert.pretraining.pretrain import fill_mask, format_fill, pretrain
 
     recipe = dict(TEACHER_RECIPE, max_steps=steps or TEACHER_RECIPE["max_steps"])
     teacher = out / "teacher"

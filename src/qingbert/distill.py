@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from qingbert.errors import QingbertError
 from qingbert.losses import FEATURE_OF, Schedule, get_loss, make_projection
 from qingbert.manifest import DISTILLED_FORMAT, read_manifest, write_manifest
-from qingbert.mlm import IGNORE, MaskingConfig, attention_of, mlm_head
+from qingbert.pretraining.mlm import IGNORE, MaskingConfig, attention_of, mlm_head
 from qingbert.training.loop import TrainConfig, Trainer, seed_everything
 
 FORMAT = DISTILLED_FORMAT
@@ -627,7 +627,7 @@ def _teacher_accuracy(teacher, eval_ds, collate, batches: int = 4, batch_size: i
 
 def _fit_teacher_head(teacher, train_ds, eval_ds, collate, out: Path, cfg: DistillConfig, steps: int):
     """Train the teacher's MLM head alone (encoder frozen) for ``steps`` steps; the fitted teacher is saved."""
-    from qingbert.mlm import MLMObjective
+    from qingbert.pretraining.mlm import MLMObjective
 
     base, _ = _base_and_head(teacher)
     teacher.train()
@@ -646,7 +646,7 @@ def _fit_teacher_head(teacher, train_ds, eval_ds, collate, out: Path, cfg: Disti
 def _load_student(student: str, tokenizer, overrides: dict, init: str = "default"):
     """A zoo shape or model folder (as pretraining loads them), or any config: a ``config.json`` file or a folder
     holding only one -> a random-init masked LM of that config with the data's vocabulary."""
-    from qingbert.pretrain import load_mlm
+    from qingbert.pretraining.mlm import load_mlm
 
     p = Path(student)
     config_file = p if p.is_file() and p.suffix == ".json" else p / "config.json"
@@ -680,8 +680,9 @@ def distill_general(teacher: str | list, student: str, data: str | Path, out: st
     """One general-distillation stage: ``teacher`` (folder / hub id / zoo name with weights, or a list)
     -> ``student`` (zoo shape, folder, or built from teacher layers with ``init_from_teacher_layers``)
     on a prepared WWM folder.  Returns the stage manifest."""
-    from qingbert.mlm import WWMCollator
-    from qingbert.pretrain import load_mlm, open_data, tokenizer_info, train_and_save
+    from qingbert.pretraining.mlm import WWMCollator
+    from qingbert.pretraining.mlm import load_mlm, tokenizer_info
+    from qingbert.pretraining.pretrain import open_data, train_and_save
 
     cfg = config if isinstance(config, DistillConfig) else DistillConfig.from_dict(config)
     out = Path(out)

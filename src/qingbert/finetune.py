@@ -278,7 +278,7 @@ def _auto(name: str):
 def load_for_task(model: str, head, cfg: FinetuneConfig):
     """``(model with the task head, tokenizer, how it was initialised)`` for a folder / hub id / zoo name /
     ``random:<folder or zoo name>``."""
-    from qingbert.models import zoo
+    from qingbert.models import loading, zoo
     from qingbert.models.loading import load_tokenizer
 
     auto = _auto(head.auto_class)
@@ -309,7 +309,7 @@ def load_for_task(model: str, head, cfg: FinetuneConfig):
     def load(s, **more):
         return auto.from_pretrained(s, **kw, **more)
 
-    net = zoo._load(src, load)  # local folder, or hub id (a zoo name resolves to its hub id) with offline errors
+    net = loading.from_source(src, load)  # local folder, or hub id (a zoo name resolves to its hub id) with offline errors
     if getattr(net.config, "model_type", "") == "xlnet":
         tokenizer.padding_side = "left"  # XLNet summarises the last token
     return net, tokenizer, f"weights from {src}"

@@ -419,7 +419,7 @@ class PromptObjective(torch.nn.Module):
     def label_logits(self, batch: dict) -> torch.Tensor:
         """``(batch, labels)``: each label word's MLM logit at the batch's mask positions."""
         from qingbert.training.batching import model_inputs
-        from qingbert.mlm import mlm_head
+        from qingbert.pretraining.mlm import mlm_head
 
         inputs = model_inputs(batch)
         pos = batch["mask_pos"]
@@ -517,7 +517,7 @@ def load_prompt_model(model: str, cfg: PromptConfig | None = None):
     from transformers import AutoConfig, AutoModelForMaskedLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING
 
-    from qingbert.models import zoo
+    from qingbert.models import loading, zoo
 
     cfg = cfg or PromptConfig()
     if model.startswith("random:"):
@@ -537,10 +537,10 @@ def load_prompt_model(model: str, cfg: PromptConfig | None = None):
     local = Path(model).expanduser()
     if local.exists() and not (local / "config.json").exists():
         raise QingbertError(f"{model}: not a model folder (no config.json)")
-    config = zoo._load(model, lambda s, **kw: AutoConfig.from_pretrained(s, **kw))
+    config = loading.from_source(model, lambda s, **kw: AutoConfig.from_pretrained(s, **kw))
     if type(config) not in MODEL_FOR_MASKED_LM_MAPPING:
         raise _no_masked_lm(model, config.model_type)
-    net, info = zoo._load(model, lambda s, **kw: AutoModelForMaskedLM.from_pretrained(
+    net, info = loading.from_source(model, lambda s, **kw: AutoModelForMaskedLM.from_pretrained(
         s, config=config, output_loading_info=True, **kw))
     prefix = getattr(net, "base_model_prefix", "")
     missing = sorted(k for k in info.get("missing_keys", ()) if not (prefix and k.startswith(prefix + ".")))

@@ -454,9 +454,9 @@ def _parity(old_model, new_model, old_tok, new_tok, texts: list[str], kept: list
 
 def _load(model: str):
     """``(tokenizer, model, local folder or None)``; a folder without a tokenizer is an error, before loading."""
-    from qingbert.models import zoo
+    from qingbert.models import loading
 
-    source, local = zoo._resolve(model)
+    source, local = loading.resolve_source(model)
     folder = Path(source) if local else None
     if folder is not None:
         if not (folder / "config.json").is_file():
@@ -470,14 +470,14 @@ def _load(model: str):
 
         tokenizer = load_tokenizer(str(folder))
     else:
-        tokenizer = zoo.load_tokenizer(model)
+        tokenizer = loading.load_tokenizer(model)
 
     def load_config(src, **kw):
         from transformers import AutoConfig
 
         return AutoConfig.from_pretrained(src, **kw)
 
-    config = zoo._load(model, load_config)
+    config = loading.from_source(model, load_config)
     return tokenizer, config, folder
 
 
@@ -503,9 +503,9 @@ def prune_vocab(model: str, corpus: list[str], out, *, keep=None, min_count: int
     if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
         raise QingbertError(f"min_count must be a whole number of at least 1, got {min_count!r}")
     out = Path(out).expanduser()
-    from qingbert.models import zoo
+    from qingbert.models import loading
 
-    source, local = zoo._resolve(model)
+    source, local = loading.resolve_source(model)
     _check_out(out, Path(source) if local else None, overwrite)
     keep_tokens = read_keep(keep)
     tokenizer, config, folder = _load(model)
@@ -538,7 +538,7 @@ def prune_vocab(model: str, corpus: list[str], out, *, keep=None, min_count: int
 
     with _quiet():
         cls = _model_class(config)
-        net = zoo._load(model, lambda src, **kw: cls.from_pretrained(src, config=config, **kw))
+        net = loading.from_source(model, lambda src, **kw: cls.from_pretrained(src, config=config, **kw))
     net.eval()
     pruned, changed = _prune_model(net, kept, old_size)
 

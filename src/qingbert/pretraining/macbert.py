@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from qingbert.errors import QingbertError
 from qingbert.data.similar import (  # noqa: F401
     BUILD_HINT, FORMAT, SimilarWords, build_similar_words, load_similar_words, vocab_fingerprint)
-from qingbert.mlm import IGNORE, MLMObjective, WWMCollator, attention_of, document_attention, masked_lm_loss
+from qingbert.pretraining.mlm import (
+    IGNORE, MLMObjective, WWMCollator, attention_of, document_attention, masked_lm_loss)
 
 DEFAULT_NGRAM_PROBS = (0.4, 0.3, 0.2, 0.1)
 REJECTION_TRIES = 8
@@ -445,7 +446,7 @@ def make_objective(model: str, tokenizer, cfg, options: dict, data_dir) -> tuple
     ``info``: ``init`` (how the model was made), ``macbert`` (the masking settings and the table's
     provenance), ``config_updates`` (the config values ``train_dropout`` replaced, to write back on save) and
     ``collator_stats`` (the training collator's live counts: read them after training)."""
-    from qingbert.pretrain import EVAL_MLM_PROBABILITY, load_mlm, set_dropout, tokenizer_info
+    from qingbert.pretraining.mlm import EVAL_MLM_PROBABILITY, load_mlm, set_dropout, tokenizer_info
     from qingbert.training.loop import seed_everything
 
     mcfg, path = parse_options(options, mlm_probability=cfg.masking.mlm_probability,

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from qingbert.errors import QingbertError
-from qingbert.mlm import IGNORE, WWMCollator, attention_of
+from qingbert.pretraining.mlm import IGNORE, WWMCollator, attention_of
 
 GENERATOR = "generator"  # the generator's subfolder of a saved discriminator
 GOOGLE_MASK_RATIO = 0.85  # ELECTRA's pretrain_helpers.mask: [MASK] at 85 % of chosen positions, the rest kept
@@ -303,7 +303,7 @@ def _electra_spec(model: str):
 
 def _check_vocab(model: str, net, tokenizer) -> None:
     """The data's vocabulary must be the model's (as :func:`qingbert.pretrain.load_mlm` checks)."""
-    from qingbert.models import zoo
+    from qingbert.models import loading
 
     vocab = tokenizer.get_vocab()
     if net.get_input_embeddings().num_embeddings < len(vocab):
@@ -314,7 +314,7 @@ def _check_vocab(model: str, net, tokenizer) -> None:
     if local.is_dir() and not any((local / f).exists() for f in ("tokenizer.json", "vocab.txt")):
         return  # (transformers 5 makes an empty 5-token tokenizer from a folder without one)
     try:
-        model_tok = zoo.load_tokenizer(model)
+        model_tok = loading.load_tokenizer(model)
     except QingbertError:
         return
     if model_tok.get_vocab() != vocab:
@@ -323,17 +323,17 @@ def _check_vocab(model: str, net, tokenizer) -> None:
 
 
 def _load_pretrained(cls, name: str):
-    from qingbert.models import zoo
+    from qingbert.models import loading
 
-    return zoo._load(name, lambda src, **kw: cls.from_pretrained(src, **kw))
+    return loading.from_source(name, lambda src, **kw: cls.from_pretrained(src, **kw))
 
 
 def _config_of(name: str):
     from transformers import AutoConfig
 
-    from qingbert.models import zoo
+    from qingbert.models import loading
 
-    return zoo._load(name, lambda src, **kw: AutoConfig.from_pretrained(src, **kw))
+    return loading.from_source(name, lambda src, **kw: AutoConfig.from_pretrained(src, **kw))
 
 
 def _same_shape(ecfg: ElectraConfig, config, source: str) -> None:
@@ -444,7 +444,7 @@ def make_objective(model: str, tokenizer, cfg, options: dict | None = None, data
     ``options``: :class:`ElectraConfig` fields.  Everything that can be wrong with them is raised here, before
     any training.  ``info`` is for the manifest; ``info["config_updates"]`` goes to ``train_and_save``.
     ``data_dir`` is accepted for the caller's convenience and recorded only."""
-    from qingbert.pretrain import EVAL_MLM_PROBABILITY, set_dropout, tokenizer_info
+    from qingbert.pretraining.mlm import EVAL_MLM_PROBABILITY, set_dropout, tokenizer_info
     from qingbert.training.loop import seed_everything
 
     ecfg = ElectraConfig.from_dict(options)

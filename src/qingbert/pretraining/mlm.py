@@ -16,10 +16,13 @@ words of the same text.  Special tokens and padding are never chosen.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from qingbert.errors import QingbertError
 
 IGNORE = -100
 
@@ -222,3 +225,73 @@ class MLMObjective(torch.nn.Module):
 
     def trained_model(self):
         return self.model
+
+
+EVAL_MLM_PROBABILITY = 0.15
+
+
+def tokenizer_info(tokenizer) -> dict:
+    return {"pad_id": tokenizer.pad_token_id, "mask_id": tokenizer.mask_token_id,
+            "special_ids": sorted(set(tokenizer.all_special_ids)), "vocab_size": len(tokenizer)}
+
+
+def load_mlm(model: str, tokenizer, overrides: dict | None = None, weights: bool = False,
+             init: str = "default") -> tuple[object, dict]:
+    """A masked-LM model for ``model`` (zoo name -> from scratch; folder/hub id -> weights) + how it was made.
+
+    With ``weights`` a zoo name means its published weights (its hub id), as a teacher needs.  ``init`` names
+    the initialisation of a model built from scratch (:mod:`qingbert.inits`); weights are never re-initialised."""
+    from qingbert.models import loading, zoo
+
+    vocab = tokenizer.get_vocab()
+    spec = None
+    if not Path(model).exists() and not weights:
+        try:
+            spec = zoo.get_spec(model)
+        except QingbertError:
+            if "/" not in model:  # not a hub id either: the zoo's did-you-mean is the helpful message
+                raise
+    if spec is not None:
+        from qingbert.models.inits import apply_init
+
+        m = zoo.build_model(spec, vocab_size=len(vocab), head="mlm", **(overrides or {}))
+        m.config.pad_token_id = tokenizer.pad_token_id
+        return m, {"init": "random (from scratch)", "zoo": spec.name, "head_initialised": False,
+                   "initialisation": apply_init(m, init)}
+    m, info = loading.load_model(model, head="mlm", loading_info=True)
+    model_tok = None
+    local = Path(model)
+    has_tokenizer = not local.is_dir() or any((local / f).exists() for f in ("tokenizer.json", "vocab.txt"))
+    if has_tokenizer:  # (transformers 5 makes an empty 5-token tokenizer from a folder without one)
+        try:
+            model_tok = loading.load_tokenizer(model)
+        except QingbertError:
+            model_tok = None
+    if m.get_input_embeddings().num_embeddings < len(vocab):
+        raise QingbertError(f"model {model} has {m.get_input_embeddings().num_embeddings} token embeddings but the "
+                            f"data's tokenizer has {len(vocab)} tokens",
+                            hint=f"prepare the data with --tokenizer {model}")
+    if model_tok is not None and model_tok.get_vocab() != vocab:
+        raise QingbertError(f"the data was tokenized with a different vocabulary than {model}'s",
+                            hint=f"re-run `qingbert prepare ... --tokenizer {model}`")
+    missing = [k for k in info.get("missing_keys", []) if "cls." in k or "lm_head" in k or "predictions" in k]
+    if missing:
+        print(f"qingbert: {model} has no trained MLM head ({len(missing)} head tensors missing); "
+              "initialised it randomly", flush=True)
+    return m, {"init": f"weights from {model}", "head_initialised": bool(missing), "missing_head_keys": missing}
+
+
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+
+
+def set_dropout(model, p: float | None) -> dict:
+    """Set every dropout module of ``model`` to ``p`` for training (None: leave it); returns the config values to
+    write back on save, so the saved model keeps its own dropout for fine-tuning."""
+    if p is None:
+        return {}
+    if not 0 <= p < 1:
+        raise QingbertError(f"train_dropout must be in [0, 1), got {p}")
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Dropout):
+            mod.p = p
+    return {k: getattr(model.config, k) for k in DROPOUT_KEYS if hasattr(model.config, k)}

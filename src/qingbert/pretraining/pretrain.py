@@ -18,12 +18,12 @@ import torch
 
 from qingbert.errors import QingbertError
 from qingbert.manifest import MODEL_FORMAT, read_manifest, write_manifest
-from qingbert.mlm import MaskingConfig, MLMObjective, WWMCollator
+from qingbert.pretraining import electra, macbert
+from qingbert.pretraining.mlm import EVAL_MLM_PROBABILITY, MLMObjective, MaskingConfig, WWMCollator, load_mlm, set_dropout, tokenizer_info
 from qingbert.training.loop import Trainer, TrainConfig, seed_everything
 
 FORMAT = MODEL_FORMAT
 OWN = ("objective", "overrides", "init", "train_dropout", "macbert", "electra")
-EVAL_MLM_PROBABILITY = 0.15
 #: objective name -> the module whose ``make_objective(model, tokenizer, cfg, options, data_dir)`` builds it
 #: (``None``: whole-word-masking MLM, built here).  Each returns ``(objective, collate, eval_collate, info)``.
 OBJECTIVES = {"wwm": None, "macbert": "qingbert.macbert", "electra": "qingbert.electra"}
@@ -73,11 +73,6 @@ class PretrainConfig:
         setattr(obj, key, value)
 
 
-def tokenizer_info(tokenizer) -> dict:
-    return {"pad_id": tokenizer.pad_token_id, "mask_id": tokenizer.mask_token_id,
-            "special_ids": sorted(set(tokenizer.all_special_ids)), "vocab_size": len(tokenizer)}
-
-
 def open_data(data: str | Path):
     """The prepared folder's train/eval datasets and tokenizer, with a clear error if it is not one."""
     from qingbert.data.prepare import FORMAT as DATA_FORMAT
@@ -94,52 +89,6 @@ def open_data(data: str | Path):
     return train, eval_, load_tokenizer(str(data / "tokenizer")), m
 
 
-def load_mlm(model: str, tokenizer, overrides: dict | None = None, weights: bool = False,
-             init: str = "default") -> tuple[object, dict]:
-    """A masked-LM model for ``model`` (zoo name -> from scratch; folder/hub id -> weights) + how it was made.
-
-    With ``weights`` a zoo name means its published weights (its hub id), as a teacher needs.  ``init`` names
-    the initialisation of a model built from scratch (:mod:`qingbert.inits`); weights are never re-initialised."""
-    from qingbert.models import zoo
-
-    vocab = tokenizer.get_vocab()
-    spec = None
-    if not Path(model).exists() and not weights:
-        try:
-            spec = zoo.get_spec(model)
-        except QingbertError:
-            if "/" not in model:  # not a hub id either: the zoo's did-you-mean is the helpful message
-                raise
-    if spec is not None:
-        from qingbert.models.inits import apply_init
-
-        m = zoo.build_model(spec, vocab_size=len(vocab), head="mlm", **(overrides or {}))
-        m.config.pad_token_id = tokenizer.pad_token_id
-        return m, {"init": "random (from scratch)", "zoo": spec.name, "head_initialised": False,
-                   "initialisation": apply_init(m, init)}
-    m, info = zoo.load_model(model, head="mlm", loading_info=True)
-    model_tok = None
-    local = Path(model)
-    has_tokenizer = not local.is_dir() or any((local / f).exists() for f in ("tokenizer.json", "vocab.txt"))
-    if has_tokenizer:  # (transformers 5 makes an empty 5-token tokenizer from a folder without one)
-        try:
-            model_tok = zoo.load_tokenizer(model)
-        except QingbertError:
-            model_tok = None
-    if m.get_input_embeddings().num_embeddings < len(vocab):
-        raise QingbertError(f"model {model} has {m.get_input_embeddings().num_embeddings} token embeddings but the "
-                            f"data's tokenizer has {len(vocab)} tokens",
-                            hint=f"prepare the data with --tokenizer {model}")
-    if model_tok is not None and model_tok.get_vocab() != vocab:
-        raise QingbertError(f"the data was tokenized with a different vocabulary than {model}'s",
-                            hint=f"re-run `qingbert prepare ... --tokenizer {model}`")
-    missing = [k for k in info.get("missing_keys", []) if "cls." in k or "lm_head" in k or "predictions" in k]
-    if missing:
-        print(f"qingbert: {model} has no trained MLM head ({len(missing)} head tensors missing); "
-              "initialised it randomly", flush=True)
-    return m, {"init": f"weights from {model}", "head_initialised": bool(missing), "missing_head_keys": missing}
-
-
 def pretrain(model: str, data: str | Path, out: str | Path, config: PretrainConfig | dict | None = None,
              **train_overrides) -> dict:
     """Pretrain (or continue pretraining) ``model`` on a prepared folder; returns the manifest."""
@@ -154,13 +103,8 @@ def pretrain(model: str, data: str | Path, out: str | Path, config: PretrainConf
     t0 = time.time()
     train_ds, eval_ds, tokenizer, data_manifest = open_data(data)
     seed_everything(cfg.train.seed)  # before the model is built: random init depends on it
-    if OBJECTIVES[cfg.objective] is None:
-        objective, collate, eval_collate, init = wwm_objective(model, tokenizer, cfg)
-    else:
-        import importlib
-
-        build = importlib.import_module(OBJECTIVES[cfg.objective]).make_objective
-        objective, collate, eval_collate, init = build(model, tokenizer, cfg, getattr(cfg, cfg.objective), data)
+    build = OBJECTIVES[cfg.objective]
+    objective, collate, eval_collate, init = build(model, tokenizer, cfg, getattr(cfg, cfg.objective, None), data)
     saved_dropout = init.pop("config_updates", {})
     trainer = Trainer(objective, train_ds, collate, out, cfg.train, eval_data=eval_ds, eval_collate=eval_collate)
     before, after, history, final = train_and_save(trainer, tokenizer, out, cfg.train.resume,
@@ -180,7 +124,7 @@ def pretrain(model: str, data: str | Path, out: str | Path, config: PretrainConf
                      "train_sequences": len(train_ds), "eval_sequences": len(eval_ds) if eval_ds else 0},
             "recipe": {"objective": cfg.objective, "train": asdict(cfg.train), "masking": asdict(cfg.masking),
                        "overrides": cfg.overrides, "init": cfg.init, "train_dropout": cfg.train_dropout,
-                       **({cfg.objective: getattr(cfg, cfg.objective)} if OBJECTIVES[cfg.objective] else {})},
+                       **({cfg.objective: getattr(cfg, cfg.objective)} if cfg.objective != "wwm" else {})},
             "steps": trainer.state["step"],
             "tokens_seen": trainer.state["tokens_seen"],
             "processes": trainer.world,
@@ -199,8 +143,9 @@ def pretrain(model: str, data: str | Path, out: str | Path, config: PretrainConf
     return read_manifest(out) or {}
 
 
-def wwm_objective(model: str, tokenizer, cfg: PretrainConfig):
-    """Whole-word-masking MLM: ``(objective, collate, eval collate, init info)`` like the other objectives'."""
+def wwm_objective(model: str, tokenizer, cfg: PretrainConfig, options=None, data_dir=None):
+    """Whole-word-masking MLM: ``(objective, collate, eval collate, init info)`` like the other objectives'
+    (it has no options of its own and needs nothing from the data folder but its shards)."""
     net, init = load_mlm(model, tokenizer, cfg.overrides, init=cfg.init)
     init["config_updates"] = set_dropout(net, cfg.train_dropout)
     collate = WWMCollator(tokenizer_info(tokenizer), cfg.masking, seed=cfg.train.seed)
@@ -212,22 +157,6 @@ def eval_collate(tokenizer, cfg: PretrainConfig) -> WWMCollator:
     other objectives compare."""
     eval_masking = replace(cfg.masking, mlm_probability=EVAL_MLM_PROBABILITY)
     return WWMCollator(tokenizer_info(tokenizer), eval_masking, seed=cfg.train.seed)
-
-
-DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
-
-
-def set_dropout(model, p: float | None) -> dict:
-    """Set every dropout module of ``model`` to ``p`` for training (None: leave it); returns the config values to
-    write back on save, so the saved model keeps its own dropout for fine-tuning."""
-    if p is None:
-        return {}
-    if not 0 <= p < 1:
-        raise QingbertError(f"train_dropout must be in [0, 1), got {p}")
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.Dropout):
-            mod.p = p
-    return {k: getattr(model.config, k) for k in DROPOUT_KEYS if hasattr(model.config, k)}
 
 
 def train_and_save(trainer, tokenizer, out: Path, resume: bool, config_updates: dict | None = None):
@@ -250,11 +179,16 @@ def train_and_save(trainer, tokenizer, out: Path, resume: bool, config_updates: 
     return before, after, history, final
 
 
+#: objective name -> ``make_objective(model, tokenizer, cfg, options, data_dir)`` that builds it; each returns
+#: ``(objective, collate, eval_collate, info)``.
+OBJECTIVES = {"wwm": wwm_objective, "macbert": macbert.make_objective, "electra": electra.make_objective}
+
+
 def fill_mask(model: str, text: str, top_k: int = 5) -> list:
     """Top-k fillers for each ``[MASK]`` in ``text``, via the transformers fill-mask pipeline."""
     from transformers import pipeline
 
-    from qingbert.models import zoo
+    from qingbert.models import loading
     from qingbert.models.loading import load_tokenizer
 
     from qingbert.data.text import clean_text
@@ -263,7 +197,7 @@ def fill_mask(model: str, text: str, top_k: int = 5) -> list:
     if "[MASK]" not in text:
         raise QingbertError("the text has no [MASK]", hint='e.g. "今天[MASK]气很好"')
     tok = load_tokenizer(model)
-    m = zoo.load_model(model, head="mlm")
+    m = loading.load_model(model, head="mlm")
     m.eval()
     fill = pipeline("fill-mask", model=m, tokenizer=tok, top_k=top_k)
     res = fill(text)
