@@ -139,8 +139,8 @@ def main() -> None:
     from qingbert.demo import (
         FINETUNE_RECIPE, FINETUNE_TASKS, GENERAL_DISTILL_RECIPE, STUDENT, STUDENT_SHAPE, TASK_DISTILL_RECIPE)
     from qingbert.distill import distill, distill_general, distill_task
-    from qingbert.finetune import finetune
-    from qingbert.tasks import load_task
+    from qingbert.tasks.finetune import finetune
+    from qingbert.tasks.readers import load_task
 
     tlog.set_verbosity_error()
     tlog.disable_progress_bar()

@@ -35,7 +35,7 @@ def main() -> None:
 
     from transformers.utils import logging as tlog
 
-    from qingbert.bench import BenchConfig, bench
+    from qingbert.tasks.bench import BenchConfig, bench
     from qingbert.demo import FINETUNE_TASKS, SEQ_LEN, SOURCES, TEACHER, TEACHER_RECIPE
     from qingbert.data.prepare import prepare
     from qingbert.pretraining.pretrain import pretrain

@@ -65,7 +65,7 @@ def recipe_for(objective: str, base: dict, similar: Path) -> dict:
 
 
 def finetune_scores(model: Path, out: Path, seeds: list[int], recipe: dict, tasks: list[str]) -> dict:
-    from qingbert.finetune import finetune
+    from qingbert.tasks.finetune import finetune
 
     scores = {}
     for task in tasks:
@@ -143,8 +143,8 @@ def bench_objectives(work: Path, corpus: Path, seeds: list[int], only: tuple[str
 
 def bench_pet(model: Path, work: Path, seeds: list[int]) -> dict:
     from qingbert.demo import FINETUNE_RECIPE
-    from qingbert.finetune import finetune
-    from qingbert.prompt import evaluate_prompt, prompt_finetune
+    from qingbert.tasks.finetune import finetune
+    from qingbert.tasks.prompt import evaluate_prompt, prompt_finetune
 
     task = "builtin:reviews-sentiment"
     zero = evaluate_prompt(str(model), task, TEMPLATE, VERBALIZER)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from qingbert.bench import BenchConfig, bench, count_params, data_dirs, default_lrs, fmt_lr, run_name, slug
+from qingbert.tasks.bench import BenchConfig, bench, count_params, data_dirs, default_lrs, fmt_lr, run_name, slug
 from qingbert.errors import QingbertError
 
 # score = BASE[model][task] + LR_BONUS[lr] + EPOCH_BONUS[model][epochs] + NOISE[seed]

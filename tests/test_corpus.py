@@ -134,7 +134,7 @@ def test_builtin_splits_dedup_and_leak_nothing():
 
 
 def test_builtin_splits_are_deterministic_across_processes():
-    code = ("from qingbert import builtin; import hashlib;"
+    code = ("from qingbert.data import builtin; import hashlib;"
             "print(hashlib.md5(repr(builtin.reviews('test')).encode()).hexdigest())")
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout for seed in ("1", "2")}

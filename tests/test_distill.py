@@ -324,7 +324,7 @@ def test_untrained_teacher_head_is_refused_then_fitted(small_prepared, tmp_path)
 
 @pytest.fixture(scope="module")
 def sentiment_teacher(tiny_model, tmp_path_factory):
-    from qingbert.finetune import finetune
+    from qingbert.tasks.finetune import finetune
 
     out = tmp_path_factory.mktemp("ft") / "teacher"
     finetune(str(tiny_model), "builtin:reviews-sentiment", out,
@@ -355,8 +355,9 @@ print("ok")
 
 def test_task_teacher_cache_gives_the_same_targets(sentiment_teacher, tiny_model):
     from qingbert.distill import IndexCollator, TaskDistiller
-    from qingbert.finetune import HEADS, FinetuneConfig, load_for_task
-    from qingbert.tasks import load_task
+    from qingbert.tasks.heads import HEADS
+    from qingbert.tasks.finetune import FinetuneConfig, load_for_task
+    from qingbert.tasks.readers import load_task
 
     t = load_task("builtin:reviews-sentiment")
     head = HEADS[t.type](t)
@@ -378,7 +379,7 @@ def test_task_teacher_cache_gives_the_same_targets(sentiment_teacher, tiny_model
 
 
 def test_task_distillation_ner_and_label_mismatch(tiny_model, tmp_path):
-    from qingbert.finetune import finetune
+    from qingbert.tasks.finetune import finetune
 
     teacher = tmp_path / "ner-teacher"
     finetune(str(tiny_model), "builtin:peoples-daily-ner", teacher,
@@ -395,7 +396,7 @@ def test_task_distillation_ner_and_label_mismatch(tiny_model, tmp_path):
 
 
 def test_student_from_any_config_and_mrc_task_stage(small_prepared, teacher_dir, tiny_model, tmp_path):
-    from qingbert.finetune import finetune
+    from qingbert.tasks.finetune import finetune
 
     from .test_finetune import _write_cmrc
 

@@ -207,7 +207,7 @@ def test_embeddings_are_shared_and_trained_by_both_losses(tok, small_prepared):
 
 def test_train_save_load_without_qingbert_and_finetune(tok, small_prepared, tmp_path):
     from qingbert.models import loading
-    from qingbert.finetune import FinetuneConfig, load_for_task
+    from qingbert.tasks.finetune import FinetuneConfig, load_for_task
 
     cfg = pcfg()
     cfg.train.save_every = 3

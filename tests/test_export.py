@@ -11,7 +11,7 @@ from onnx import numpy_helper
 import qingbert
 from qingbert.errors import QingbertError
 from qingbert.export import check_parity, export
-from qingbert.finetune import finetune
+from qingbert.tasks.finetune import finetune
 from qingbert.models.backends import available_backends, describe
 
 from .conftest import run_cli
@@ -65,7 +65,7 @@ def test_export_writes_parity_and_speed_and_keeps_hf_files(senti_export):
 
 def test_every_backend_predicts_the_same_labels_as_torch(senti_export):
     out, _ = senti_export
-    from qingbert.tasks import load_task
+    from qingbert.tasks.readers import load_task
 
     texts = [e.text for e in load_task("builtin:reviews-sentiment").splits["dev"][:64]]
     ref = qingbert.load(out, backend="torch").predict(texts)

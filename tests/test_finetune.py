@@ -8,7 +8,7 @@ import torch
 
 from qingbert.data import builtin
 from qingbert.errors import QingbertError
-from qingbert.finetune import finetune
+from qingbert.tasks.finetune import finetune
 from qingbert.models.loading import load_tokenizer
 
 from .conftest import run_cli, run_without_qingbert
@@ -200,7 +200,7 @@ def _write_cmrc(d):
 
 
 def test_mrc_finetune_and_cmrc_submission(tiny_model, tmp_path):
-    from qingbert.finetune import predict
+    from qingbert.tasks.predict import predict
 
     data = _write_cmrc(tmp_path / "cmrc")
     out = tmp_path / "ft"

@@ -10,8 +10,8 @@ from datasets import Dataset
 from transformers import BertConfig, BertForQuestionAnswering
 
 from qingbert.training.batching import run_model
-from qingbert.mrc import QACollator, QAObjective, decode_qa, encode_qa, score_qa
-from qingbert.tasks import QAExample, load_task
+from qingbert.tasks.mrc import QACollator, QAObjective, decode_qa, encode_qa, score_qa
+from qingbert.tasks.readers import QAExample, load_task
 from qingbert.training.loop import Trainer, TrainConfig
 from qingbert.models.loading import load_tokenizer
 

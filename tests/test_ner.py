@@ -8,8 +8,9 @@ import torch
 
 from qingbert.errors import QingbertError
 from qingbert.training.batching import run_model
-from qingbert.ner import REPORT_KEYS, NERCollator, NERObjective, bio_labels, decode_ner, encode_ner, score_ner
-from qingbert.tasks import SpanExample, load_task
+from qingbert.tasks.ner import (
+    REPORT_KEYS, NERCollator, NERObjective, bio_labels, decode_ner, encode_ner, score_ner)
+from qingbert.tasks.readers import SpanExample, load_task
 
 TYPES = ["LOC", "ORG", "PER"]
 TAGS = bio_labels(TYPES)
@@ -240,7 +241,8 @@ def test_finetune_builtin_ner_end_to_end_loads_without_qingbert(tiny_model, tmp_
     """`finetune` on the built-in People's Daily NER: dev scores per type, predictions, a plain HF folder."""
     import json
 
-    from qingbert.finetune import NERHead, finetune
+    from qingbert.tasks.ner import NERHead
+    from qingbert.tasks.finetune import finetune
 
     from .conftest import run_without_qingbert
 

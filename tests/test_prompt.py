@@ -7,12 +7,12 @@ import random
 import pytest
 import torch
 
-from qingbert import prompt
+from qingbert.tasks import prompt
 from qingbert.errors import QingbertError
-from qingbert.prompt import (
+from qingbert.tasks.prompt import (
     PromptCollator, PromptObjective, encode_prompts, evaluate_prompt, parse_template, parse_verbalizer,
     prompt_finetune, prompt_predict, sample_examples)
-from qingbert.tasks import TextExample
+from qingbert.tasks.readers import TextExample
 
 from .conftest import run_without_qingbert
 

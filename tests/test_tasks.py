@@ -9,7 +9,8 @@ import pytest
 
 from qingbert.data import builtin
 from qingbert.errors import QingbertError
-from qingbert.tasks import TASKS, QAExample, SpanExample, TextExample, load_generic, load_task, pos_to_spans
+from qingbert.tasks.readers import (
+    TASKS, QAExample, SpanExample, TextExample, load_generic, load_task, pos_to_spans)
 
 
 def jl(path: Path, rows, raw_lines=()) -> Path:

@@ -116,7 +116,7 @@ def _run_prompt(args: argparse.Namespace, recipe: dict) -> int:
         raise QingbertError("--prompt and --verbalizer go together (and --train-examples needs them)",
                             hint='e.g. --prompt "{text}。总之很[MASK]。" --verbalizer "1:好,0:差"; '
                                  "--max-train-examples subsets the data for head fine-tuning")
-    from qingbert.prompt import format_prompt_scores, prompt_finetune
+    from qingbert.tasks.prompt import format_prompt_scores, prompt_finetune
 
     r = prompt_finetune(args.model, _task_from_args(args), args.out, args.data, template=args.prompt,
                         verbalizer=args.verbalizer, config=recipe, train_examples=args.train_examples or 0)
@@ -132,7 +132,7 @@ def _run_prompt(args: argparse.Namespace, recipe: dict) -> int:
 def _task_from_args(args: argparse.Namespace):
     """A task name, or a Task read with the generic column mapping."""
     if args.task in ("classification", "pair"):
-        from qingbert.tasks import load_generic
+        from qingbert.tasks.readers import load_generic
 
         if args.data is None or args.text_col is None:
             raise QingbertError(f"a generic {args.task} task needs --data FILE_OR_DIR and --text-col")
@@ -427,7 +427,7 @@ def run(args: argparse.Namespace) -> int:
 
         print(format_fill(args.text, fill_mask(args.model, args.text, args.top_k)))
     elif args.verb == "finetune":
-        from qingbert.finetune import finetune, format_scores
+        from qingbert.tasks.finetune import finetune, format_scores
 
         recipe = _recipe_with_flags(args, FINETUNE_FLAGS)
         if args.resume:
@@ -471,7 +471,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.verb == "distill":
         _run_distill(args)
     elif args.verb == "bench":
-        from qingbert.bench import BenchConfig, bench
+        from qingbert.tasks.bench import BenchConfig, bench
 
         def floats(s):
             try:
@@ -558,7 +558,7 @@ def _run_distill(args: argparse.Namespace) -> None:
         args.text_col = args.text_b_col = args.label_col = args.id_col = None
         r = distill_task(teachers, args.student, _task_from_args(args), args.out, args.data, config=recipe,
                          finetune_config=ft)
-        from qingbert.finetune import format_scores
+        from qingbert.tasks.finetune import format_scores
 
         _print_skips(r)
         if "dev" in r:
@@ -605,7 +605,8 @@ def _run_predict(args) -> None:
     if args.task is None and not texts:
         raise QingbertError("nothing to predict: give --task (a task split) or --text / --input")
     if args.task is not None:
-        from qingbert.finetune import format_scores, predict
+        from qingbert.tasks.finetune import format_scores
+        from qingbert.tasks.predict import predict
 
         r = predict(args.model, _task_from_args(args), args.out, args.data, split=args.split,
                     batch_size=args.batch_size, backend=args.backend)
@@ -615,11 +616,11 @@ def _run_predict(args) -> None:
         return
     from qingbert.inference import PAIR_SEPARATOR, load
     from qingbert.manifest import read_manifest
-    from qingbert.prompt import FORMAT as PROMPT_FORMAT
+    from qingbert.tasks.prompt import FORMAT as PROMPT_FORMAT
 
     m = read_manifest(args.model) if Path(args.model).is_dir() else None
     if m is not None and m.get("format") == PROMPT_FORMAT:  # a PET folder: its template and verbaliser label
-        from qingbert.prompt import prompt_predict
+        from qingbert.tasks.prompt import prompt_predict
 
         sep = PAIR_SEPARATOR.strip()
         items = [tuple(x.strip() for x in t.split(sep, 1)) if sep in t else t for t in texts]

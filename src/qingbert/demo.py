@@ -110,7 +110,7 @@ def demo(out: str | Path = "demo-output", examples: int = 4, seed: int = 0, step
 
 def finetune_section(teacher: Path, out: Path, steps: int | None = None) -> list[dict]:
     """Fine-tune the teacher and a random-init model of its shape on each built-in task; print both."""
-    from qingbert.finetune import finetune
+    from qingbert.tasks.finetune import finetune
 
     recipe = dict(FINETUNE_RECIPE)
     if steps is not None:  # a quick run (tests): a few steps, a small slice

@@ -825,8 +825,8 @@ class TaskDistiller:
         return IndexCollator(collate)
 
     def objective(self, head, student, tokenizer, task_type: str):
-        from qingbert.finetune import FORMAT as FT_FORMAT
-        from qingbert.finetune import _auto
+        from qingbert.tasks.finetune import FORMAT as FT_FORMAT
+        from qingbert.models.loading import transformers_class
         from qingbert.models.loading import load_tokenizer
 
         teachers = []
@@ -842,7 +842,7 @@ class TaskDistiller:
             if load_tokenizer(name).get_vocab() != tokenizer.get_vocab():
                 raise QingbertError(f"teacher {name} and the student have different vocabularies: distillation "
                                     "feeds both the same token ids", hint="use a student built on the teacher's vocab")
-            teachers.append(_auto(head.auto_class).from_pretrained(name))
+            teachers.append(transformers_class(head.auto_class).from_pretrained(name))
         matches = resolve_matches("none" if self.cfg.matches is None else self.cfg.matches,
                                   Shape.of(teachers[0]), Shape.of(student))
         self.matches = matches
@@ -856,7 +856,7 @@ def distill_task(teacher: str | list, student: str, task, out: str | Path, data_
                  config: DistillConfig | dict | None = None, finetune_config: dict | None = None) -> dict:
     """Task-stage distillation: fine-tuned ``teacher`` folder(s) -> ``student`` on ``task``; the result is a
     fine-tuned folder (``qingbert predict`` works on it).  Returns :func:`qingbert.finetune.finetune`'s result."""
-    from qingbert.finetune import finetune
+    from qingbert.tasks.finetune import finetune
 
     cfg = config if isinstance(config, DistillConfig) else DistillConfig.from_dict(config)
     teachers = teacher if isinstance(teacher, (list, tuple)) else [teacher]

@@ -1003,7 +1003,7 @@ def _check_pairs(pairs) -> list[tuple[str, str, float]]:
 def task_pairs(task, data_dir=None, split: str = "train") -> tuple[list[tuple[str, str, float]], dict]:
     """``(a, b, score)`` of a sentence-pair task split (LCQMC / BQ / AFQMC files via :func:`qingbert.tasks.load_task`,
     or a loaded Task) and a description; labels must be numbers."""
-    from qingbert.tasks import Task, load_task
+    from qingbert.tasks.readers import Task, load_task
 
     t = task if isinstance(task, Task) else load_task(task, data_dir)
     if t.type != "pair":

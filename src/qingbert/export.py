@@ -78,7 +78,7 @@ def max_abs_diff(ref: dict, got: dict, mask: np.ndarray) -> dict:
 
 def _dev_task(info: dict, task, data_dir):
     """The task to score parity on: the given one, else the fine-tuned model's own when it can be read here."""
-    from qingbert.tasks import load_task
+    from qingbert.tasks.readers import load_task
 
     name = task or info.get("task")
     if not name or info["kind"] == "encoder":
@@ -92,12 +92,12 @@ def _dev_task(info: dict, task, data_dir):
 
 
 def _dev_score(model, task, max_examples: int) -> float:
-    from qingbert.finetune import _subset
+    from qingbert.tasks.finetune import subset
 
-    examples = _subset(task.splits["dev"], max_examples)
-    from qingbert.finetune import _predict_split
+    examples = subset(task.splits["dev"], max_examples)
+    from qingbert.tasks.finetune import predict_split
 
-    preds, _ = _predict_split(model.runner, model.head, model.tokenizer, examples, model.cfg)
+    preds, _ = predict_split(model.runner, model.head, model.tokenizer, examples, model.cfg)
     return float(model.head.score(examples, preds)["score"])
 
 

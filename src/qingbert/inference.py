@@ -53,7 +53,8 @@ class Model:
 
     def __init__(self, folder: str | Path, backend: str | None = None, threads: int = 0, max_len: int | None = None,
                  spin: bool = True):
-        from qingbert.finetune import HEADS, FinetuneConfig
+        from qingbert.tasks.heads import HEADS
+        from qingbert.tasks.finetune import FinetuneConfig
         from qingbert.models.loading import load_tokenizer
 
         self.folder = Path(folder)
@@ -89,7 +90,7 @@ class Model:
         return run_model(self.runner, ds, collate, names, batch_size=batch_size, token_level=token_level)
 
     def _examples(self, inputs: list):
-        from qingbert.tasks import QAExample, SpanExample, TextExample
+        from qingbert.tasks.readers import QAExample, SpanExample, TextExample
 
         out = []
         for i, x in enumerate(inputs):
@@ -134,7 +135,7 @@ class Model:
         ds, _ = self.head.encode(examples, self.tokenizer, self.cfg, train=False)
         out = self._run(ds, self.head.outputs, batch_size, self.head.token_level)
         if self.kind == "mrc":
-            from qingbert.mrc import decode_qa
+            from qingbert.tasks.mrc import decode_qa
 
             _, nbest = decode_qa(out["start_logits"], out["end_logits"], ds, examples, n_best=self.cfg.n_best,
                                  max_answer_len=self.cfg.max_answer_len)
@@ -153,7 +154,7 @@ class Model:
         return res[0] if single else res
 
     def _entities(self, logits, ds, examples) -> list[dict]:
-        from qingbert.ner import _window_spans
+        from qingbert.tasks.ner import window_spans
 
         found: list[dict] = [{} for _ in examples]
         for x, ei, ci in zip(logits, ds["example"], ds["char_index"]):
@@ -161,7 +162,7 @@ class Model:
             ci = np.asarray(ci, dtype=np.int64)
             prob = _softmax(x).max(-1)
             char_prob = {int(c): float(p) for c, p in zip(ci, prob) if c >= 0}
-            for s, e, t in _window_spans(x.argmax(-1), ci, self.head.labels):
+            for s, e, t in window_spans(x.argmax(-1), ci, self.head.labels):
                 score = float(np.mean([char_prob.get(k, 0.0) for k in range(s, e)]))
                 found[ei][(s, e, t)] = max(score, found[ei].get((s, e, t), 0.0))
         return [{"text": ex.text, "entities": [{"text": ex.text[s:e], "type": t, "start": s, "end": e, "score": sc}

@@ -207,12 +207,17 @@ def load_tokenizer(name_or_path, **kwargs):
     return from_source(name_or_path, load)
 
 
+def transformers_class(name: str):
+    """A transformers class by name (``AutoModelForSequenceClassification`` ...)."""
+    import transformers
+
+    return getattr(transformers, name)
+
+
 def load_pretrained(cls, name_or_path, **kwargs):
     """``cls.from_pretrained`` (a transformers class, or the name of one) for a folder / zoo name / hub id."""
     if isinstance(cls, str):
-        import transformers
-
-        cls = getattr(transformers, cls)
+        cls = transformers_class(cls)
     return from_source(name_or_path, lambda src, **kw: cls.from_pretrained(src, **{**kwargs, **kw}))
 
 
@@ -252,8 +257,6 @@ def quiet_transformers():
 def quiet_load(auto, folder, **kwargs):
     """``auto.from_pretrained(folder)`` (a class or its name in transformers) without transformers' chatter."""
     if isinstance(auto, str):
-        import transformers
-
-        auto = getattr(transformers, auto)
+        auto = transformers_class(auto)
     with quiet_transformers():
         return auto.from_pretrained(str(folder), **kwargs)

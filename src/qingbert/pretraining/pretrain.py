@@ -19,7 +19,8 @@ import torch
 from qingbert.errors import QingbertError
 from qingbert.manifest import MODEL_FORMAT, read_manifest, write_manifest
 from qingbert.pretraining import electra, macbert
-from qingbert.pretraining.mlm import EVAL_MLM_PROBABILITY, MLMObjective, MaskingConfig, WWMCollator, load_mlm, set_dropout, tokenizer_info
+from qingbert.pretraining.mlm import (
+    EVAL_MLM_PROBABILITY, MLMObjective, MaskingConfig, WWMCollator, load_mlm, set_dropout, tokenizer_info)
 from qingbert.training.loop import Trainer, TrainConfig, seed_everything
 
 FORMAT = MODEL_FORMAT

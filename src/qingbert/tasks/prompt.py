@@ -185,7 +185,7 @@ def parse_verbalizer(spec) -> dict:
     ``1: 好`` means label ``"1"``); one word per label."""
     import yaml
 
-    from qingbert.tasks import _label_str
+    from qingbert.tasks.readers import label_str
 
     if isinstance(spec, Mapping):
         items, where = list(spec.items()), "verbaliser"
@@ -227,7 +227,7 @@ def parse_verbalizer(spec) -> dict:
                             f"{type(spec).__name__}")
     out: dict = {}
     for k, v in items:
-        label = _label_str(k)
+        label = label_str(k)
         if isinstance(v, (list, tuple, dict)):
             raise QingbertError(f"{where}: label '{label}' has {len(v)} words", hint="give one word per label")
         word = "" if v is None else str(v).strip()
@@ -451,7 +451,7 @@ class PromptObjective(torch.nn.Module):
     @staticmethod
     def summarize(totals: dict) -> dict:
         """Accuracy and mean loss of the summed evaluation batches, as fine-tuning reports them."""
-        from qingbert.finetune import ClassificationObjective
+        from qingbert.tasks.classification import ClassificationObjective
 
         return ClassificationObjective.summarize(totals)
 
@@ -523,7 +523,7 @@ def load_prompt_model(model: str, cfg: PromptConfig | None = None):
     if model.startswith("random:"):
         from types import SimpleNamespace
 
-        from qingbert.finetune import load_for_task
+        from qingbert.tasks.finetune import load_for_task
 
         src = model[len("random:"):]
         if not Path(src).expanduser().is_dir() and zoo.get_spec(src).model_type == "xlnet":
@@ -596,7 +596,7 @@ def sample_examples(examples: list, n: int, seed: int, labels: list | None = Non
 
 def _prepare(model: str, task, data_dir, template: str, verbalizer, cfg: PromptConfig, splits: tuple):
     """Every check before training: template, verbaliser, task and its labels, vocabulary, model."""
-    from qingbert.tasks import Task, load_task
+    from qingbert.tasks.readers import Task, load_task
 
     tpl = parse_template(template)
     verb = parse_verbalizer(verbalizer)
@@ -626,7 +626,7 @@ def _predictions(examples, labels, probs, path: Path) -> None:
 
 
 def _score(t, examples, probs) -> dict:
-    from qingbert.finetune import ClassificationHead
+    from qingbert.tasks.classification import ClassificationHead
 
     head = ClassificationHead(t)
     return head.score(examples, [head.labels[int(np.argmax(p))] for p in probs])
@@ -743,7 +743,7 @@ def prompt_predict(folder_or_model: str | Path, texts, template: str | None = No
 
     ``template`` / ``verbalizer`` / ``max_len`` default to those a :func:`prompt_finetune` folder was trained
     with; a plain pretrained MLM needs them given (zero-shot prediction).  Labels are in the verbaliser's order."""
-    from qingbert.tasks import TextExample
+    from qingbert.tasks.readers import TextExample
 
     model = str(folder_or_model)
     m = read_manifest(model) if Path(model).expanduser().is_dir() else None
@@ -791,7 +791,7 @@ def predict_task(folder: str | Path, task, out_file: str | Path | None = None, d
 
     Returns ``{"file", "examples", "task", "split", "backend", "scores" (where the split is labelled)}``, as
     :func:`qingbert.finetune.predict` does."""
-    from qingbert.finetune import ClassificationHead
+    from qingbert.tasks.classification import ClassificationHead
 
     folder = Path(folder)
     m = read_manifest(folder)
@@ -818,7 +818,7 @@ def predict_task(folder: str | Path, task, out_file: str | Path | None = None, d
 def format_prompt_scores(r: dict) -> str:
     """One line for the console from :func:`prompt_finetune`'s or :func:`evaluate_prompt`'s result: the
     scores, and how many texts were cut to ``max_len`` (the template never is)."""
-    from qingbert.finetune import format_scores
+    from qingbert.tasks.finetune import format_scores
 
     if "dev" in r:
         scores, reports = r["dev"], r.get("encode") or {}

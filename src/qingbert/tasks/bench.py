@@ -541,8 +541,8 @@ def bench(config: BenchConfig | dict, finetune_fn: Callable | None = None) -> di
     dirs = data_dirs(cfg.data_dir, cfg.tasks)
     real = finetune_fn is None
     if real:
-        from qingbert.finetune import finetune as finetune_fn
-        from qingbert.tasks import load_task
+        from qingbert.tasks.finetune import finetune as finetune_fn
+        from qingbert.tasks.readers import load_task
 
         for t in cfg.tasks:  # a wrong task name or data folder fails now, not after hours of runs
             load_task(t, dirs[t])

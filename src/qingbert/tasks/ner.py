@@ -24,6 +24,8 @@ import numpy as np
 import torch
 
 from qingbert.errors import QingbertError
+from qingbert.models.backends import AUTO_CLASS, TASK_OUTPUTS
+from qingbert.tasks.classification import ClassificationHead
 from qingbert.training.batching import model_inputs, pad_rows
 
 IGNORE = -100
@@ -214,9 +216,9 @@ class NERCollator:
 # training objective and decoding
 
 
-def _window_spans(pred: np.ndarray, char_index: np.ndarray, tags: list[str]) -> set[tuple]:
+def window_spans(pred: np.ndarray, char_index: np.ndarray, tags: list[str]) -> set[tuple]:
     """Spans in original character offsets from per-token tag ids of one window (characters' first tokens only)."""
-    from qingbert.metrics import bio_decode
+    from qingbert.tasks.metrics import bio_decode
 
     k = min(len(pred), len(char_index))
     keep = char_index[:k] >= 0
@@ -254,7 +256,7 @@ class NERObjective(torch.nn.Module):
         tp = n_pred = 0
         for p, ci, gold in zip(pred.cpu().numpy(), batch["char_index"].cpu().numpy(),
                                batch["gold_spans"].cpu().numpy()):
-            spans = _window_spans(p, ci, self.tags)
+            spans = window_spans(p, ci, self.tags)
             n_pred += len(spans)
             tp += len(spans & {(int(s), int(e), self.types[t]) for s, e, t in gold if s >= 0})
         return {"loss_sum": float(loss_sum), "correct": int(correct), "count": n, "tp": tp, "n_pred": n_pred,
@@ -279,13 +281,13 @@ def decode_ner(logits: list[np.ndarray], dataset, examples, tags: list[str]) -> 
     ``logits[i]`` is window ``i``'s ``(tokens, tags)`` array (padding may be cut off or kept)."""
     spans: list[set] = [set() for _ in examples]
     for x, ei, ci in zip(logits, dataset["example"], dataset["char_index"]):
-        spans[ei] |= _window_spans(np.asarray(x).argmax(-1), np.asarray(ci, dtype=np.int64), tags)
+        spans[ei] |= window_spans(np.asarray(x).argmax(-1), np.asarray(ci, dtype=np.int64), tags)
     return spans
 
 
 def score_ner(examples, predicted_spans) -> dict:
     """Entity-level exact-match scores in percent: micro P/R/F1, macro-F1, per type (with ``support``)."""
-    from qingbert.metrics import entity_scores
+    from qingbert.tasks.metrics import entity_scores
 
     s = entity_scores(predicted_spans, [ex.entities for ex in examples])
     per_type = {t: {k: (v if k == "support" else 100 * v) for k, v in d.items()} for t, d in s["per_type"].items()}
@@ -293,3 +295,42 @@ def score_ner(examples, predicted_spans) -> dict:
     return {"f1": f1, "precision": 100 * s["micro"]["precision"], "recall": 100 * s["micro"]["recall"],
             "macro_f1": 100 * s["macro_f1"], "per_type": per_type, "examples": len(examples),
             "metric": "f1", "score": f1}
+
+
+class NERHead:
+    auto_class = AUTO_CLASS["ner"]
+    outputs = TASK_OUTPUTS["ner"]
+    token_level = True
+
+    def __init__(self, task):
+        self.types = list(task.labels)
+        self.labels = bio_labels(self.types)
+
+    def encode(self, examples, tokenizer, cfg, train: bool):
+        return encode_ner(examples, tokenizer, self.labels, cfg.max_len)
+
+    def collator(self, tokenizer):
+        return NERCollator(tokenizer.pad_token_id)
+
+    def objective(self, model):
+        return NERObjective(model, self.labels)
+
+    def decode(self, out: dict, ds, examples, cfg) -> list:
+        return decode_ner(out["logits"], ds, examples, self.labels)
+
+    def score(self, examples, preds) -> dict:
+        return score_ner(examples, preds)
+
+    @staticmethod
+    def record(example, pred) -> dict:
+        """CLUENER submission: ``{"id", "label": {type: {entity text: [[start, end_inclusive]]}}}``."""
+        label: dict = {}
+        for s, e, t in sorted(pred):
+            label.setdefault(t, {}).setdefault(example.text[s:e], []).append([s, e - 1])
+        return {"id": example.id, "label": label}
+
+    @staticmethod
+    def gold(example):
+        return [list(x) for x in example.entities]
+
+    write_submission = ClassificationHead.write_submission

@@ -153,7 +153,7 @@ def _read_json(path: Path):
         raise QingbertError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
 
 
-def _label_str(value) -> str | None:
+def label_str(value) -> str | None:
     if value is None:
         return None
     if isinstance(value, bool):
@@ -276,7 +276,7 @@ def _clue_reader(task_type: str, row_to_texts: Callable, desc_fields=(), label_f
             for lineno, row in _read_jsonl(path, task):
                 n += 1
                 where = _where(path, lineno)
-                label = _label_str(row.get("label"))
+                label = label_str(row.get("label"))
                 desc = None
                 for f in desc_fields:
                     if row.get(f) is not None:
@@ -316,7 +316,7 @@ def _label_order_file(d: Path, names, task: Task) -> list | None:
         if p.is_file():
             order = []
             for _, row in _read_jsonl(p, Task(name="", type="")):
-                lab = _label_str(row.get("label"))
+                lab = label_str(row.get("label"))
                 if lab is not None:
                     order.append(lab)
                     desc = row.get("label_desc") or row.get("label_des")
@@ -402,7 +402,7 @@ def _read_tsv_pair(name: str, data_dir) -> Task:
             if len(cols) != 3:
                 task.skip(where, "bad_columns")
                 continue
-            a, b, label = cols[0].strip(), cols[1].strip(), _label_str(cols[2])
+            a, b, label = cols[0].strip(), cols[1].strip(), label_str(cols[2])
             if not a or not b:
                 task.skip(where, "empty_text")
                 continue
@@ -442,7 +442,7 @@ def _read_chnsenticorp(name: str, data_dir) -> Task:
                 continue
             row = dict(zip(header, cols))
             text = row["text_a"].strip()
-            label = _label_str(row.get("label"))
+            label = label_str(row.get("label"))
             if not text:
                 task.skip(where, "empty_text")
                 continue
@@ -486,7 +486,7 @@ def _read_thucnews(name: str, data_dir) -> Task:
                 if not lab.isdigit() or int(lab) >= len(names):
                     raise QingbertError(f"{where}: label id '{lab}' is not in {cls} ({len(names)} classes)")
                 lab = names[int(lab)]
-            label = _label_str(lab)
+            label = label_str(lab)
             if label is None and split != "test":
                 task.skip(where, "missing_label")
                 continue
@@ -822,7 +822,7 @@ def load_generic(path_or_dir, type: str, text_col, text_b_col=None, label_col=No
             if isinstance(row, dict) and label_col is not None and split == "test" and label_col not in row:
                 label = None
             else:
-                label = _label_str(get(label_col))
+                label = label_str(get(label_col))
             text, text_b = _text(get(text_col)), (_text(get(text_b_col)) if text_b_col is not None else None)
             if not text or (type == "pair" and not text_b):
                 task.skip(where, "empty_text")

@@ -14,17 +14,21 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from qingbert.errors import QingbertError
+from qingbert.manifest import atomic_write_text
+from qingbert.models.backends import AUTO_CLASS, TASK_OUTPUTS
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from qingbert.tasks import QAExample
+    from qingbert.tasks.readers import QAExample
 
 NO_OFFSET = [-1, -1]  # the offsets of a token that is not part of the context
 MAX_LISTED = 20  # ids of examples listed in a report
@@ -273,7 +277,48 @@ def decode_qa(start_logits: list[np.ndarray], end_logits: list[np.ndarray], data
 
 def score_qa(examples: list[QAExample], predictions: dict) -> dict:
     """Official CMRC 2018 EM / F1 (percent) of ``{id: answer text}`` against every gold answer."""
-    from qingbert.metrics import cmrc_scores
+    from qingbert.tasks.metrics import cmrc_scores
 
     scores = cmrc_scores(predictions, {e.id: [t for t, _ in e.answers] for e in examples})
     return {**scores, "metric": "f1", "score": scores["f1"]}
+
+
+class MRCHead:
+    auto_class = AUTO_CLASS["mrc"]
+    outputs = TASK_OUTPUTS["mrc"]
+    token_level = True
+    labels: list = []
+
+    def __init__(self, task):
+        pass
+
+    def encode(self, examples, tokenizer, cfg, train: bool):
+        return encode_qa(examples, tokenizer, max_len=cfg.max_len, doc_stride=cfg.doc_stride or cfg.max_len // 4,
+                         max_query_len=cfg.max_query_len, train=train)
+
+    def collator(self, tokenizer):
+        return QACollator(tokenizer.pad_token_id)
+
+    def objective(self, model):
+        return QAObjective(model)
+
+    def decode(self, out: dict, ds, examples, cfg) -> list:
+        answers, _ = decode_qa(out["start_logits"], out["end_logits"], ds, examples, n_best=cfg.n_best,
+                               max_answer_len=cfg.max_answer_len)
+        return [answers.get(e.id, "") for e in examples]
+
+    def score(self, examples, preds) -> dict:
+        return score_qa(examples, {e.id: p for e, p in zip(examples, preds)})
+
+    @staticmethod
+    def record(example, pred) -> dict:
+        return {"id": example.id, "answer": pred}
+
+    @staticmethod
+    def gold(example):
+        return [t for t, _ in example.answers]
+
+    def write_submission(self, path: Path, examples, preds) -> None:
+        """CMRC 2018 / DRCD submission: one JSON object ``{question id: answer text}``."""
+        atomic_write_text(path, json.dumps({str(e.id): p for e, p in zip(examples, preds)}, ensure_ascii=False,
+                                           indent=1) + "\n")
