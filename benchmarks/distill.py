@@ -197,7 +197,8 @@ def run_qingbert(args, teacher_backend: str | None = None) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from qingbert.distill import DistillConfig, GeneralDistillObjective
+    from qingbert.distillation.config import DistillConfig
+    from qingbert.distillation.objectives import GeneralDistillObjective
     from qingbert.pretraining.pretrain import open_data
     from qingbert.training.loop import Trainer
 

@@ -48,7 +48,7 @@ def main() -> None:
     from transformers.utils import logging as tlog
 
     from qingbert.demo import FINETUNE_RECIPE, GENERAL_DISTILL_RECIPE, STUDENT, TASK_DISTILL_RECIPE, _latency_ms
-    from qingbert.distill import distill_general, distill_task
+    from qingbert.distillation.distill import distill_general, distill_task
     from qingbert.manifest import read_manifest
 
     tlog.set_verbosity_error()

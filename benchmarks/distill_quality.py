@@ -89,7 +89,8 @@ def make_teacher(work: Path, teacher: str | None, data: str | None, quick: bool,
 def agreement(teacher: Path, student: Path, data: Path, work: Path, recipe: dict) -> dict:
     """Held-out masked accuracy of ``student`` and its top-1 agreement with ``teacher`` at the masked positions,
     on the corpus's eval split with the masks the general stage evaluates with (same collator, seed, batches)."""
-    from qingbert.distill import DistillConfig, GeneralDistillObjective
+    from qingbert.distillation.config import DistillConfig
+    from qingbert.distillation.objectives import GeneralDistillObjective
     from qingbert.pretraining.mlm import WWMCollator
     from qingbert.pretraining.mlm import load_mlm, tokenizer_info
     from qingbert.pretraining.pretrain import open_data
@@ -138,7 +139,7 @@ def main() -> None:
 
     from qingbert.demo import (
         FINETUNE_RECIPE, FINETUNE_TASKS, GENERAL_DISTILL_RECIPE, STUDENT, STUDENT_SHAPE, TASK_DISTILL_RECIPE)
-    from qingbert.distill import distill, distill_general, distill_task
+    from qingbert.distillation.distill import distill, distill_general, distill_task
     from qingbert.tasks.finetune import finetune
     from qingbert.tasks.readers import load_task
 

@@ -12,11 +12,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertConfig, BertForMaskedLM
 
-from qingbert.distill import (
-    DistillConfig, GeneralDistillObjective, Shape, default_layers, distill, distill_general, distill_task,
-    init_from_teacher_layers, preset_matches, resolve_matches)
+from qingbert.distillation.config import DistillConfig
+from qingbert.distillation.objectives import GeneralDistillObjective
+from qingbert.distillation.matches import Shape, preset_matches, resolve_matches
+from qingbert.distillation.distill import (
+    default_layers, distill, distill_general, distill_task, init_from_teacher_layers)
 from qingbert.errors import QingbertError
-from qingbert.losses import kd_ce
+from qingbert.distillation.losses import kd_ce
 from qingbert.pretraining.mlm import IGNORE, WWMCollator
 from qingbert.pretraining.pretrain import pretrain
 from qingbert.pretraining.mlm import tokenizer_info
@@ -354,7 +356,8 @@ print("ok")
 
 
 def test_task_teacher_cache_gives_the_same_targets(sentiment_teacher, tiny_model):
-    from qingbert.distill import IndexCollator, TaskDistiller
+    from qingbert.distillation.objectives import IndexCollator
+    from qingbert.distillation.distill import TaskDistiller
     from qingbert.tasks.heads import HEADS
     from qingbert.tasks.finetune import FinetuneConfig, load_for_task
     from qingbert.tasks.readers import load_task
@@ -476,7 +479,7 @@ def test_teacher_in_onnx_runtime_gives_the_same_losses(small_prepared, teacher_d
 
 def test_int8_teacher_is_checked_against_torch(small_prepared, teacher_dir, monkeypatch):
     """onnx-int8: a quantised teacher, close to torch's but not equal; past the tolerance it is refused."""
-    import qingbert.distill as distill_mod
+    import qingbert.distillation.objectives as distill_mod
 
     r = _torch_and_onnx_objectives(small_prepared, teacher_dir, "onnx-int8")
     q, batch, teacher, student, cfg = r["other"], r["batch"], r["teacher"], r["student"], r["cfg"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from qingbert.errors import QingbertError
-from qingbert.losses import (
+from qingbert.distillation.losses import (
     FEATURE_OF, LOSSES, Schedule, attention_kl, attention_mse, get_loss, hard_ce, hidden_cos, hidden_mse, kd_ce,
     kd_mse, make_projection, pkd)
 

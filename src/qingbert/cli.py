@@ -528,7 +528,7 @@ def _ints(value: str | None, what: str):
 
 
 def _run_distill(args: argparse.Namespace) -> None:
-    from qingbert.distill import distill, distill_task
+    from qingbert.distillation.distill import distill, distill_task
 
     recipe = _recipe_with_flags(args, DISTILL_FLAGS + FINETUNE_FLAGS[:1])
     recipe.pop("max_len", None)

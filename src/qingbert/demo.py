@@ -155,7 +155,7 @@ def _latency_ms(model_dir: Path, batch: int = 32, seq: int = 128, repeats: int =
 def distill_section(teacher: Path, data: Path, out: Path, ft_rows: list[dict], steps: int | None = None) -> dict:
     """General distillation of the teacher into a narrow-deep student, then task-stage distillation from each
     fine-tuned teacher; prints sizes, speed and dev scores next to the teacher's."""
-    from qingbert.distill import distill_general, distill_task
+    from qingbert.distillation.distill import distill_general, distill_task
 
     shape = ", ".join(f"{k.split('_')[0] if k != 'num_hidden_layers' else 'layers'} {v}"
                       for k, v in STUDENT_SHAPE.items() if k in ("hidden_size", "num_hidden_layers"))
