@@ -192,7 +192,7 @@ def wide_vocab_model(corpus: Path, out: Path) -> Path:
 
 def bench_prune(work: Path, corpus: Path) -> dict:
     from qingbert.data.prepare import prepare
-    from qingbert.prune import prune_vocab
+    from qingbert.deploy.prune import prune_vocab
     from qingbert.pretraining.pretrain import pretrain
 
     wide = wide_vocab_model(corpus, work / "wide")

@@ -85,7 +85,7 @@ def build_models(work: Path) -> dict:
 
     from qingbert.models import zoo
     from qingbert.embed import save_sentence_transformers
-    from qingbert.export import export
+    from qingbert.deploy.export import export
     from qingbert.data.vocab import build_vocab
     from qingbert.models.loading import load_tokenizer
     from qingbert.models.tokenizer import save_tokenizer

@@ -32,7 +32,7 @@ def main() -> None:
 
     from transformers.utils import logging as tlog
 
-    from qingbert.speed import DEFAULT_SHAPES, SpeedConfig, speed, speed_markdown
+    from qingbert.deploy.speed import DEFAULT_SHAPES, SpeedConfig, speed, speed_markdown
 
     tlog.set_verbosity_error()
     tlog.disable_progress_bar()

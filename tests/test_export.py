@@ -10,7 +10,7 @@ from onnx import numpy_helper
 
 import qingbert
 from qingbert.errors import QingbertError
-from qingbert.export import check_parity, export
+from qingbert.deploy.export import check_parity, export
 from qingbert.tasks.finetune import finetune
 from qingbert.models.backends import available_backends, describe
 
@@ -100,7 +100,7 @@ def test_parity_check_catches_a_corrupted_export(senti_export, tmp_path):
 
 
 def test_int8_failure_is_refused_unless_forced(senti_model, tmp_path, monkeypatch):
-    import qingbert.export as ex
+    import qingbert.deploy.export as ex
 
     monkeypatch.setattr(ex, "INT8_MAX_DROP", -100.0)  # any int8 result now counts as a failure
     with pytest.raises(QingbertError, match=r"onnx-int8 loses -?[\d.]+ points of dev accuracy"):

@@ -8,7 +8,7 @@ import pytest
 
 from qingbert.data.builtin import reviews
 from qingbert.errors import QingbertError
-from qingbert.index import add_cli, build_index, embed, load_index, run_cli
+from qingbert.deploy.index import add_cli, build_index, embed, load_index, run_cli
 from qingbert.data.corpus import read_corpus
 
 N = 50
@@ -27,7 +27,7 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(tiny_model):
-    from qingbert.inference import load
+    from qingbert.deploy.inference import load
 
     return load(tiny_model)
 

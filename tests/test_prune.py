@@ -10,7 +10,7 @@ import torch
 from qingbert.data import builtin
 from qingbert.data.text import clean_text
 from qingbert.errors import QingbertError
-from qingbert.prune import _specials, _tried_pieces, add_cli, prune_summary, prune_vocab, read_keep, run_cli
+from qingbert.deploy.prune import _specials, _tried_pieces, add_cli, prune_summary, prune_vocab, read_keep, run_cli
 
 from .conftest import run_without_qingbert
 

@@ -16,7 +16,7 @@ import pytest
 from qingbert.data.builtin import reviews
 from qingbert.data.text import clean_text
 from qingbert.errors import QingbertError
-from qingbert.inference import load
+from qingbert.deploy.inference import load
 from qingbert.serve import Batcher, Histogram, Metrics, ServeConfig, add_cli, detokenize, running_server
 
 TEXTS = [t.strip() for t, _ in reviews("dev") if len(t.strip()) <= 150][:40]  # within max_chars below
@@ -59,7 +59,7 @@ def ner_model(tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def index_dir(tiny_model, tmp_path_factory):
-    from qingbert.index import build_index
+    from qingbert.deploy.index import build_index
 
     corpus = tmp_path_factory.mktemp("serve-corpus") / "corpus.txt"
     corpus.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from qingbert.errors import QingbertError
-from qingbert.speed import SpeedConfig, speed
+from qingbert.deploy.speed import SpeedConfig, speed
 
 from .conftest import run_cli
 

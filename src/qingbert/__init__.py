@@ -7,7 +7,7 @@ Importing qingbert does not import torch or transformers.
 
 from qingbert.models import zoo
 from qingbert.errors import QingbertError
-from qingbert.inference import load
+from qingbert.deploy.inference import load
 from qingbert.data.prepare import PrepareConfig, load_prepared, prepare
 from qingbert.data.vocab import build_vocab
 

@@ -319,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # embeddings (encode, whiten, simcse, eval-sts), semantic search (index) and serving (serve): their stage modules
     # define their own verbs
-    from qingbert import embed, index, prune, serve
+    from qingbert import embed, serve
+    from qingbert.deploy import index, prune
     from qingbert.data import similar
 
     embed.add_cli(sub)
@@ -445,7 +446,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.verb == "predict":
         _run_predict(args)
     elif args.verb == "export":
-        from qingbert.export import export, export_summary
+        from qingbert.deploy.export import export, export_summary
 
         both = not args.onnx and not args.int8  # neither flag: both graphs
         rec = export(args.model, args.out, onnx=args.onnx or both, int8=args.int8 or both, task=args.task,
@@ -454,7 +455,7 @@ def run(args: argparse.Namespace) -> int:
         print(export_summary(rec))
         print(f"wrote {args.out} (transformers files + onnx/; qingbert.load picks the fastest backend)")
     elif args.verb == "speed":
-        from qingbert.speed import SpeedConfig, speed
+        from qingbert.deploy.speed import SpeedConfig, speed
 
         try:
             grid = [[int(x) for x in g.lower().split("x")] for g in args.grid.split(",") if g.strip()]
@@ -464,7 +465,7 @@ def run(args: argparse.Namespace) -> int:
                           backends=[b.strip() for b in args.backends.split(",") if b.strip()],
                           repeats=args.repeats, threads=args.threads, base=args.base, out=args.out)
         res = speed(cfg)
-        from qingbert.speed import speed_markdown
+        from qingbert.deploy.speed import speed_markdown
 
         print(speed_markdown(res))
         print(f"wrote {args.out}/speed.json, speed.md" + (", speed.png" if res.get("plot") else ""))
@@ -614,7 +615,8 @@ def _run_predict(args) -> None:
             print(f"{r['split']}: {format_scores(r['scores'])}")
         print(f"wrote {r['file']} ({r['examples']} {r['split']} examples, backend {r['backend']})")
         return
-    from qingbert.inference import PAIR_SEPARATOR, load
+    from qingbert.data.text import split_pair
+    from qingbert.deploy.inference import load
     from qingbert.manifest import read_manifest
     from qingbert.tasks.prompt import FORMAT as PROMPT_FORMAT
 
@@ -622,8 +624,7 @@ def _run_predict(args) -> None:
     if m is not None and m.get("format") == PROMPT_FORMAT:  # a PET folder: its template and verbaliser label
         from qingbert.tasks.prompt import prompt_predict
 
-        sep = PAIR_SEPARATOR.strip()
-        items = [tuple(x.strip() for x in t.split(sep, 1)) if sep in t else t for t in texts]
+        items = [split_pair(t) or t for t in texts]
         results = [{"label": lab, "score": probs[lab], "scores": probs}
                    for lab, probs in prompt_predict(args.model, items, batch_size=args.batch_size)]
         _write_results(results, args.out, "torch")
@@ -632,10 +633,10 @@ def _run_predict(args) -> None:
     if model.kind == "mrc":
         items = []
         for t in texts:
-            q, sep, c = t.partition(PAIR_SEPARATOR.strip())
-            if not sep:
+            pair = split_pair(t)
+            if pair is None:
                 raise QingbertError("an MRC model takes 'question ||| context' lines")
-            items.append({"question": q.strip(), "context": c.strip()})
+            items.append({"question": pair[0], "context": pair[1]})
     else:
         items = texts
     _write_results(model.predict(items, batch_size=args.batch_size), args.out, model.backend)

@@ -202,7 +202,7 @@ def serve_section(out: Path, corpus_size: int = 2000) -> dict:
     import httpx
 
     from qingbert.data.builtin import reviews
-    from qingbert.index import build_index
+    from qingbert.deploy.index import build_index
     from qingbert.serve import running_server
 
     model = out / "distill" / "reviews-sentiment"

@@ -43,7 +43,7 @@ import numpy as np
 
 from qingbert.errors import QingbertError, closest
 from qingbert.models.backends import HIDDEN, describe, open_backend
-from qingbert.inference import PAIR_SEPARATOR
+from qingbert.data.text import split_pair
 from qingbert.manifest import EMBEDDINGS_FORMAT, atomic_write_text, read_manifest, write_manifest
 
 # torch, transformers and the training loop are imported where they are used, so that building the command
@@ -460,9 +460,9 @@ class SentenceEncoder:
             if not isinstance(x, str):
                 raise QingbertError(f"input {i}: encode() takes texts (strings), got {type(x).__name__}",
                                     hint="write a sentence pair as 'text_a ||| text_b'")
-            if PAIR_SEPARATOR.strip() in x:
-                a, _, b = x.partition(PAIR_SEPARATOR.strip())
-                out.append((tidy(a.strip()), tidy(b.strip())))
+            pair = split_pair(x)
+            if pair is not None:
+                out.append((tidy(pair[0]), tidy(pair[1])))
             else:
                 out.append((tidy(x), None))
         return out

@@ -66,6 +66,7 @@ from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 
+from qingbert.data.text import split_pair
 from qingbert.errors import QingbertError
 
 log = logging.getLogger("qingbert.serve")
@@ -74,7 +75,6 @@ ENV_CONFIG = "QINGBERT_SERVE"
 ENV_API_KEY = "QINGBERT_API_KEY"
 ROUTES = ("/encode", "/v1/embeddings", "/classify", "/search", "/health", "/metrics")
 OPEN_ROUTES = ("/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
-PAIR_SEPARATOR = "|||"
 
 
 # ---------------------------------------------------------------------------
@@ -117,7 +117,7 @@ class ServeConfig:
             raise QingbertError(f"serve: max_wait_ms must be >= 0, got {self.max_wait_ms!r}")
         if not self.request_timeout_s > 0:
             raise QingbertError(f"serve: request_timeout_s must be > 0, got {self.request_timeout_s!r}")
-        from qingbert.index import POOLINGS
+        from qingbert.deploy.index import POOLINGS
 
         if self.pooling not in (None, *POOLINGS):
             raise QingbertError(f"serve: unknown pooling '{self.pooling}'", hint=", ".join(POOLINGS))
@@ -457,8 +457,9 @@ def check_predict_inputs(items, kind: str, cfg: ServeConfig) -> list:
             out.append({"question": _check_text(x["question"], f"{where}.question", cfg),
                         "context": _check_text(x["context"], f"{where}.context", cfg)})
         elif kind == "pair":
-            if isinstance(x, str) and PAIR_SEPARATOR in x:
-                x = [part.strip() for part in x.split(PAIR_SEPARATOR, 1)]
+            pair = split_pair(x) if isinstance(x, str) else None
+            if pair is not None:
+                x = list(pair)
             if not isinstance(x, list) or len(x) != 2:
                 raise ApiError(422, f"'{where}': a sentence-pair model takes [text_a, text_b] pairs or "
                                     "'text_a ||| text_b' strings", param=where)
@@ -626,8 +627,8 @@ class ServerState:
     """The model, the optional index, the batchers and the metrics of one app."""
 
     def __init__(self, model_dir: str | Path, index_dir: str | Path | None, config: ServeConfig, model=None):
-        from qingbert.index import load_index
-        from qingbert.inference import load
+        from qingbert.deploy.index import load_index
+        from qingbert.deploy.inference import load
 
         self.config = config.check()
         self.model_dir = Path(model_dir)
@@ -659,7 +660,7 @@ class ServerState:
     # -- work run in the model thread ------------------------------------------
     def _encode(self, texts: list[str]) -> list[tuple[np.ndarray, int]]:
         """``(vector, tokens)`` per text: raw pooled vectors (normalised where a route needs it)."""
-        from qingbert.index import embed
+        from qingbert.deploy.index import embed
 
         # the texts of a micro-batch arrive in any order; the encoder sorts them by length and runs sub-batches of
         # encode_batch, so short texts are not padded to the longest one of the whole micro-batch

@@ -130,3 +130,12 @@ def is_cjk(ch: str) -> bool:
         0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF
         or 0x2A700 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F
     )
+
+
+PAIR_SEPARATOR = "|||"  # a sentence pair written as one line of text: "text_a ||| text_b"
+
+
+def split_pair(text: str) -> tuple[str, str] | None:
+    """``"text_a ||| text_b"`` -> ``(text_a, text_b)``, each stripped; ``None`` when there is no separator."""
+    a, sep, b = text.partition(PAIR_SEPARATOR)
+    return (a.strip(), b.strip()) if sep else None

@@ -158,7 +158,7 @@ def build_index(model_dir: str | Path, corpus: str | Path, out: str | Path, fact
     texts, lines, empty, fields = read_documents(corpus, text_field)
     _check_out(out, overwrite)
     if model is None:
-        from qingbert.inference import load
+        from qingbert.deploy.inference import load
 
         model = load(model_dir, backend=backend)
     vectors = _encode_all(model, texts, batch_size, pooling, progress)
@@ -251,7 +251,7 @@ class SemanticIndex:
     def encode(self, texts: list[str]) -> np.ndarray:
         """Query vectors for ``texts`` with the index's model and pooling."""
         if self._encoder is None:
-            from qingbert.inference import load
+            from qingbert.deploy.inference import load
 
             model_dir = self.manifest.get("model")
             if not model_dir or not Path(model_dir).is_dir():
@@ -350,7 +350,7 @@ def run_cli(args) -> int:
         return 0
     encoder = None
     if args.model:
-        from qingbert.inference import load
+        from qingbert.deploy.inference import load
 
         encoder = load(args.model, backend=args.backend)
     index = load_index(args.index, encoder=encoder, backend=args.backend)

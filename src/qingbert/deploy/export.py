@@ -105,7 +105,7 @@ def check_parity(folder: str | Path, backends=("onnx", "onnx-int8"), task=None, 
                  max_dev_examples: int = 1000, threads: int = 0) -> dict:
     """Compare each ONNX backend of an exported ``folder`` with its torch model; returns per-backend records
     ``{"max_abs_diff", "passed", ...}``.  Used at export; run it again on any exported folder."""
-    from qingbert.inference import Model
+    from qingbert.deploy.inference import Model
 
     folder = Path(folder)
     info = describe(folder)
@@ -203,7 +203,7 @@ def export(model: str | Path, out: str | Path, onnx: bool = True, int8: bool = T
     if int8:
         rec["int8"] = quantize_int8(fp32, out / ONNX_FILES["onnx-int8"])
     parity = check_parity(out, task=task, data_dir=data_dir, max_dev_examples=max_dev_examples, threads=threads)
-    from qingbert.inference import Model
+    from qingbert.deploy.inference import Model
     from qingbert.models.backends import open_backend
 
     tok = Model(out, backend="torch", threads=threads).tokenizer

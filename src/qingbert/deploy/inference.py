@@ -25,9 +25,9 @@ from types import SimpleNamespace
 import numpy as np
 
 from qingbert.models.backends import describe, hf_labels, open_backend
+from qingbert.data.text import split_pair
 from qingbert.errors import QingbertError
 
-PAIR_SEPARATOR = " ||| "
 
 
 # ---------------------------------------------------------------------------
@@ -212,9 +212,9 @@ class _EncoderCollator:
 def _pair(x, i: int):
     if isinstance(x, (tuple, list)) and len(x) == 2:
         return x[0], x[1]
-    if isinstance(x, str) and PAIR_SEPARATOR.strip() in x:
-        a, _, b = x.partition(PAIR_SEPARATOR.strip())
-        return a.strip(), b.strip()
+    pair = split_pair(x) if isinstance(x, str) else None
+    if pair is not None:
+        return pair
     raise QingbertError(f"input {i}: a sentence-pair model takes (text_a, text_b) or 'text_a ||| text_b'")
 
 
