@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from qingbert.data import corpus
+from qingbert.data.text import Stats, summarize
 from qingbert.errors import QingbertError
 from qingbert.manifest import PREPARED_FORMAT, read_manifest, write_manifest
 
@@ -215,7 +216,7 @@ def prepare(sources: list[str], out: str | Path, config: PrepareConfig | None = 
     max_chars = cfg.max_chars or cfg.max_seq_len - 2
     get_segmenter(cfg.segmenter)  # fail early on a bad name or a missing package
     t0 = time.time()
-    stats = corpus.Stats()
+    stats = Stats()
     files = corpus.expand_sources(sources, stats)  # fail early on a missing file
     out = Path(out)
     _check_out(out, cfg.overwrite)
@@ -371,7 +372,7 @@ def load_prepared(folder: str | Path, split: str = "train"):
 
 
 def prepare_summary(m: dict) -> str:
-    lines = [corpus.summarize(m["corpus"])]
+    lines = [summarize(m["corpus"])]
     sp = m["splits"]
     lines.append(
         f"segmenter {m['segmenter']}, tokenizer: {m['tokenizer']['source']} ({m['tokenizer']['vocab_size']:,} tokens)")

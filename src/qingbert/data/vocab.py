@@ -17,7 +17,7 @@ import unicodedata
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from qingbert.data.text import is_cjk
+from qingbert.data.text import Stats, is_cjk
 from qingbert.models.tokenizer import make_tokenizer, save_tokenizer
 from qingbert.errors import QingbertError
 
@@ -131,7 +131,7 @@ def build_vocab(sources: list[str], out: str | Path, size: int = 8000, *, min_fr
     from qingbert.data import corpus
 
     t0 = time.time()
-    stats = corpus.Stats()
+    stats = Stats()
     train, held = [], []
     cut = int(heldout * 10000)
     for text, _, h in corpus.clean_records(corpus.read_sources(sources, stats, text_field), stats,
@@ -143,7 +143,7 @@ def build_vocab(sources: list[str], out: str | Path, size: int = 8000, *, min_fr
     tokenizer = make_tokenizer(vocab, lowercase=lowercase)
     rate, n_tok = unk_rate(tokenizer.backend_tokenizer, held)
     out = save_tokenizer(tokenizer, out)
-    n_cjk = sum(1 for t in vocab if len(t) == 1 and corpus.is_cjk(t))
+    n_cjk = sum(1 for t in vocab if len(t) == 1 and is_cjk(t))
     report = {
         "stage": "vocab",
         "sources": list(sources),
