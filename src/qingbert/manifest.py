@@ -69,23 +69,46 @@ def read_manifest(folder: str | Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def fresh_folder(out: str | Path, overwrite: bool, fmt: str, what: str) -> Path:
-    """Make ``out`` an empty folder to write a ``fmt`` folder into: a non-empty one is an error unless
-    ``overwrite``, and even then only a folder whose manifest says ``fmt`` (``what``, e.g. "a prepared corpus")
-    is removed, so a mistyped path never deletes someone's data."""
-    import shutil
+def check_out_folder(out: str | Path, overwrite: bool, *, what: str, fmt: str | tuple = (), is_ours=None,
+                     inputs: dict | None = None) -> Path:
+    """The one output-folder policy: may a stage write ``what`` (e.g. "a prepared corpus") into ``out``?
 
+    A path that exists and is not a folder, or a folder that is (or is inside, or holds) one of ``inputs``
+    (``{"model folder": path}``), is refused.  A non-empty folder is refused unless ``overwrite``, and even then
+    only a folder this kind of stage made is accepted: its manifest's format is ``fmt`` (one or several), or
+    ``is_ours(folder)`` says so -- so a mistyped path never replaces someone's data.  Nothing is removed here."""
     from qingbert.errors import QingbertError
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise QingbertError(f"{out}: exists and is not a folder")
-    if out.exists() and any(out.iterdir()):
+    for name, src in (inputs or {}).items():
+        if src is None:
+            continue
+        try:
+            o, i = out.resolve(), Path(src).resolve()
+        except OSError:
+            continue
+        if o == i or i in o.parents:
+            raise QingbertError(f"--out {out} is inside the {name}", hint="write the output elsewhere")
+        if o in i.parents:
+            raise QingbertError(f"--out {out} holds the {name} ({src})", hint="write the output elsewhere")
+    if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise QingbertError(f"{out}: folder exists and is not empty", hint="pass --overwrite to replace it")
-        m = read_manifest(out)
-        if m is None or m.get("format") != fmt:
+        fmts = (fmt,) if isinstance(fmt, str) else tuple(fmt)
+        ours = (read_manifest(out) or {}).get("format") in fmts if fmts else False
+        if not ours and not (is_ours is not None and is_ours(out)):
             raise QingbertError(f"{out}: refusing to overwrite a folder that is not {what}")
+    return out
+
+
+def fresh_folder(out: str | Path, overwrite: bool, fmt: str, what: str) -> Path:
+    """:func:`check_out_folder`, then make ``out`` an empty folder (a replaced folder of ours is removed)."""
+    import shutil
+
+    out = check_out_folder(out, overwrite, what=what, fmt=fmt)
+    if out.is_dir() and any(out.iterdir()):
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out

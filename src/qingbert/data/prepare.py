@@ -30,7 +30,7 @@ import numpy as np
 from qingbert.data import corpus
 from qingbert.data.text import Stats, summarize
 from qingbert.errors import QingbertError
-from qingbert.manifest import PREPARED_FORMAT, read_manifest, write_manifest
+from qingbert.manifest import PREPARED_FORMAT, fresh_folder, read_manifest, write_manifest
 
 SPLITS = ("train", "eval")
 SEP_WORDS = "\x1f"  # between gold words in the work file; cleaning removes control characters from text
@@ -173,12 +173,6 @@ class ShardWriter:
 # ---------------------------------------------------------------------------
 # Driver
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    from qingbert.manifest import fresh_folder
-
-    fresh_folder(out, overwrite, FORMAT, "a prepared corpus")
-
-
 def _progress(total: int | None, desc: str, enabled: bool, unit: str = "char"):
     from tqdm.auto import tqdm
 
@@ -219,7 +213,7 @@ def prepare(sources: list[str], out: str | Path, config: PrepareConfig | None = 
     stats = Stats()
     files = corpus.expand_sources(sources, stats)  # fail early on a missing file
     out = Path(out)
-    _check_out(out, cfg.overwrite)
+    fresh_folder(out, cfg.overwrite, FORMAT, "a prepared corpus")
     try:
         return _run(files, out, cfg, stats, max_chars, t0)
     except BaseException:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qingbert.manifest import SIMILAR_WORDS_FORMAT
+from qingbert.manifest import SIMILAR_WORDS_FORMAT, fresh_folder
 from qingbert.errors import QingbertError
 
 FORMAT = SIMILAR_WORDS_FORMAT
@@ -149,12 +149,6 @@ def _key_ids(key: str) -> tuple[int, ...]:
     return tuple(int(x) for x in key.split("_"))
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    from qingbert.manifest import fresh_folder
-
-    fresh_folder(out, overwrite, FORMAT, "a similar-word table")
-
-
 def build_similar_words(data_dir, out_dir, *, dim: int = 64, min_count: int = 5, top_k: int = 10, epochs: int = 5,
                         window: int = 5, max_sequences: int | None = None, workers: int = 0, seed: int = 0,
                         overwrite: bool = False) -> dict:
@@ -184,7 +178,7 @@ def build_similar_words(data_dir, out_dir, *, dim: int = 64, min_count: int = 5,
     ds = load_prepared(data_dir, "train")  # a clear error if it is not a prepared folder
     tokenizer = load_tokenizer(str(data_dir / "tokenizer"))
     n = len(ds) if max_sequences is None else min(len(ds), int(max_sequences))
-    _check_out(out, overwrite)
+    fresh_folder(out, overwrite, FORMAT, "a similar-word table")
     sentences = _Sentences(ds, n)
     workers = workers or os.cpu_count() or 1
     model = Word2Vec(vector_size=dim, window=window, min_count=min_count, sg=1, negative=5, workers=workers,

@@ -28,7 +28,7 @@ import numpy as np
 
 from qingbert.data.corpus import JSONL_SUFFIXES, read_documents
 from qingbert.errors import QingbertError
-from qingbert.manifest import INDEX_FORMAT, read_manifest, write_manifest
+from qingbert.manifest import INDEX_FORMAT, check_out_folder, read_manifest, write_manifest
 
 FORMAT = INDEX_FORMAT
 INDEX_FILE = "index.faiss"
@@ -115,17 +115,6 @@ def _set_search_params(index, nprobe: int | None) -> None:
 # build
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise QingbertError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        m = read_manifest(out) or {}
-        if not overwrite:
-            raise QingbertError(f"{out}: folder exists and is not empty", hint="pass --overwrite to replace the index")
-        if m.get("format") != FORMAT:
-            raise QingbertError(f"{out}: refusing to overwrite a folder that is not a qingbert index")
-
-
 def _encode_all(model, texts: list[str], batch_size: int, pooling: str, progress: bool) -> np.ndarray:
     """Vectors of every text, in chunks so a progress bar can follow large corpora."""
     from tqdm.auto import tqdm
@@ -156,7 +145,7 @@ def build_index(model_dir: str | Path, corpus: str | Path, out: str | Path, fact
     out = Path(out)
     t0 = time.perf_counter()
     texts, lines, empty, fields = read_documents(corpus, text_field)
-    _check_out(out, overwrite)
+    check_out_folder(out, overwrite, what="a qingbert index", fmt=FORMAT)
     if model is None:
         from qingbert.deploy.inference import load
 

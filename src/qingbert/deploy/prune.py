@@ -40,7 +40,6 @@ pruned folder again.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import itertools
 import json
@@ -51,8 +50,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from qingbert.models.loading import quiet_transformers
 from qingbert.errors import QingbertError
-from qingbert.manifest import FINETUNED_FORMAT, MODEL_FORMAT, read_manifest, write_manifest
+from qingbert.manifest import FINETUNED_FORMAT, MODEL_FORMAT, check_out_folder, read_manifest, write_manifest
 
 FORMAT = MODEL_FORMAT
 
@@ -104,29 +104,8 @@ def read_keep(keep) -> list[str]:
     return out
 
 
-def _check_out(out: Path, model_dir: Path | None, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise QingbertError(f"{out}: exists and is not a folder")
-    if model_dir is not None:
-        with contextlib.suppress(OSError):
-            if out.resolve() == model_dir.resolve() or model_dir.resolve() in out.resolve().parents:
-                raise QingbertError(f"--out {out} is inside the model folder", hint="write the pruned model elsewhere")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise QingbertError(f"{out}: folder exists and is not empty", hint="pass --overwrite to replace it")
-        if not (out / "config.json").is_file():
-            raise QingbertError(f"{out}: refusing to overwrite a folder that is not a model folder (no config.json)")
-
-
 def _has_tokenizer(folder: Path) -> bool:
     return any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
-
-
-def _quiet():
-    """No transformers info lines or per-file progress bars while loading and saving."""
-    from qingbert.models.loading import quiet_transformers
-
-    return quiet_transformers()
 
 
 def _model_class(config):
@@ -236,7 +215,7 @@ def _pruned_tokenizer(tokenizer, kept: list[int], staging: Path):
             raise RuntimeError(f"the tokenizer refers to id {i}, which pruning dropped")  # specials are always kept
         return new_id[i]
 
-    with _quiet():
+    with quiet_transformers():
         tokenizer.save_pretrained(str(staging))
     path = staging / "tokenizer.json"
     spec = json.loads(path.read_text(encoding="utf-8"))
@@ -250,7 +229,7 @@ def _pruned_tokenizer(tokenizer, kept: list[int], staging: Path):
     path.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
     for stale in ("vocab.txt", "added_tokens.json"):  # old ids (save_tokenizer writes the new vocab.txt)
         (staging / stale).unlink(missing_ok=True)
-    with _quiet():
+    with quiet_transformers():
         new = AutoTokenizer.from_pretrained(str(staging))
     got = new.get_vocab()
     old = tokenizer.get_vocab()
@@ -393,7 +372,7 @@ def _prune_model(model, kept: list[int], old_size: int):
     for key, value in model.config.to_dict().items():
         if key.endswith("_token_id") and isinstance(value, int) and 0 <= value < old_size:
             setattr(config, key, remap[value])  # (kept: _specials keeps every config token id)
-    with _quiet():
+    with quiet_transformers():
         new = type(model)(config).to(model.dtype)
     index = torch.tensor(kept, dtype=torch.long)
     old_state, shapes = model.state_dict(), {k: v.shape for k, v in new.state_dict().items()}
@@ -466,18 +445,8 @@ def _load(model: str):
             raise QingbertError(f"{folder}: no tokenizer in the model folder (no tokenizer.json, "
                                 "tokenizer_config.json or vocab.txt)",
                                 hint="pruning needs the model's own tokenizer: save it into the folder")
-        from qingbert.models.loading import load_tokenizer
-
-        tokenizer = load_tokenizer(str(folder))
-    else:
-        tokenizer = loading.load_tokenizer(model)
-
-    def load_config(src, **kw):
-        from transformers import AutoConfig
-
-        return AutoConfig.from_pretrained(src, **kw)
-
-    config = loading.from_source(model, load_config)
+    tokenizer = loading.load_tokenizer(str(folder) if folder is not None else model)
+    config = loading.load_config(model)
     return tokenizer, config, folder
 
 
@@ -506,7 +475,9 @@ def prune_vocab(model: str, corpus: list[str], out, *, keep=None, min_count: int
     from qingbert.models import loading
 
     source, local = loading.resolve_source(model)
-    _check_out(out, Path(source) if local else None, overwrite)
+    check_out_folder(out, overwrite, what="a model folder (no config.json)",
+                     is_ours=lambda d: (d / "config.json").is_file(),
+                     inputs={"model folder": Path(source) if local else None})
     keep_tokens = read_keep(keep)
     tokenizer, config, folder = _load(model)
 
@@ -536,9 +507,9 @@ def prune_vocab(model: str, corpus: list[str], out, *, keep=None, min_count: int
     rare = [int(i) for i in ((counts > 0) & (counts < min_count)).nonzero()[0] if int(i) not in keep_ids]
     kept_set = set(kept)
 
-    with _quiet():
+    with quiet_transformers():
         cls = _model_class(config)
-        net = loading.from_source(model, lambda src, **kw: cls.from_pretrained(src, config=config, **kw))
+        net = loading.load_pretrained(cls, model, config=config)
     net.eval()
     pruned, changed = _prune_model(net, kept, old_size)
 
@@ -549,13 +520,13 @@ def prune_vocab(model: str, corpus: list[str], out, *, keep=None, min_count: int
         with tempfile.TemporaryDirectory(prefix="qingbert-prune-tok-") as tmp:
             new_tok = _pruned_tokenizer(tokenizer, kept, Path(tmp))
             verify = list(dict.fromkeys(counter.sample + counter.unk_sample))
-            with _quiet():  # (no "longer than 512 tokens" warnings: these texts are only tokenized)
+            with quiet_transformers():  # (no "longer than 512 tokens" warnings: these texts are only tokenized)
                 checked = _check_tokenizer(tokenizer, new_tok, verify, kept, kept_set)
                 parity_texts = _parity_texts(tokenizer, counter.sample, kept_set)
             parity = _parity(net, pruned, tokenizer, new_tok, parity_texts, kept, old_size)
             from qingbert.models.tokenizer import save_tokenizer
 
-            with _quiet():
+            with quiet_transformers():
                 pruned.save_pretrained(str(staging))
                 save_tokenizer(new_tok, staging)
         params_before, params_after = _n_params(net), _n_params(pruned)

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qingbert.models import loading
 from qingbert.errors import QingbertError
 from qingbert.pretraining.mlm import IGNORE, WWMCollator, attention_of
 
@@ -322,20 +323,6 @@ def _check_vocab(model: str, net, tokenizer) -> None:
                             hint=f"re-run `qingbert prepare ... --tokenizer {model}`")
 
 
-def _load_pretrained(cls, name: str):
-    from qingbert.models import loading
-
-    return loading.from_source(name, lambda src, **kw: cls.from_pretrained(src, **kw))
-
-
-def _config_of(name: str):
-    from transformers import AutoConfig
-
-    from qingbert.models import loading
-
-    return loading.from_source(name, lambda src, **kw: AutoConfig.from_pretrained(src, **kw))
-
-
 def _same_shape(ecfg: ElectraConfig, config, source: str) -> None:
     """Shape options given together with a pretrained generator must agree with it."""
     have = {"generator_hidden": config.hidden_size, "generator_layers": config.num_hidden_layers,
@@ -384,7 +371,7 @@ def load_electra(model: str, tokenizer, ecfg: ElectraConfig, overrides: dict | N
     else:
         if overrides:
             raise QingbertError(f"model overrides apply to zoo shapes built from scratch, not to {model}")
-        config = _config_of(model)
+        config = loading.load_config(model)
         if getattr(config, "model_type", None) != "electra":
             raise QingbertError(f"{model} is a {getattr(config, 'model_type', '?')} model; ELECTRA pretraining "
                                 "continues an ELECTRA discriminator",
@@ -396,7 +383,7 @@ def load_electra(model: str, tokenizer, ecfg: ElectraConfig, overrides: dict | N
                                 hint="give the discriminator; a generator goes in option `generator` or in the "
                                      "discriminator's generator/ subfolder")
         _check_shape(config, "the discriminator's")
-        disc = _load_pretrained(ElectraForPreTraining, model)
+        disc = loading.load_pretrained(ElectraForPreTraining, model)
         _check_vocab(model, disc, tokenizer)
         info.update({"init": f"weights from {model}"})
         gen_config = None
@@ -405,7 +392,7 @@ def load_electra(model: str, tokenizer, ecfg: ElectraConfig, overrides: dict | N
         if ecfg.generator is None:
             gen_config = generator_config(disc.config, ecfg)
     if ecfg.generator is not None:
-        g_conf = _config_of(ecfg.generator)
+        g_conf = loading.load_config(ecfg.generator)
         if getattr(g_conf, "model_type", None) != "electra":
             raise QingbertError(f"generator {ecfg.generator} is not an ELECTRA model")
         _same_shape(ecfg, g_conf, ecfg.generator)
@@ -416,7 +403,7 @@ def load_electra(model: str, tokenizer, ecfg: ElectraConfig, overrides: dict | N
             raise QingbertError(f"the generator in {ecfg.generator} cannot share the discriminator's embeddings "
                                 f"(embedding_size {g_conf.embedding_size} vs {disc.config.embedding_size}, "
                                 f"vocabulary {g_conf.vocab_size} vs {disc.config.vocab_size})")
-        gen = _load_pretrained(ElectraForMaskedLM, ecfg.generator)
+        gen = loading.load_pretrained(ElectraForMaskedLM, ecfg.generator)
         info["generator_init"] = f"weights from {ecfg.generator}"
     else:
         gen = ElectraForMaskedLM(gen_config)

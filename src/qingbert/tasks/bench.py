@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
+from qingbert.models import loading
 from qingbert.errors import QingbertError
 from qingbert.manifest import BENCH_FORMAT, BENCH_RUN_FORMAT, atomic_write_text, write_manifest
 
@@ -217,9 +218,9 @@ def count_params(model: str) -> int:
             if model.startswith("random:"):  # random: needs a folder or a zoo shape
                 raise
     import torch
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
-    config = loading.from_source(str(folder or src), AutoConfig.from_pretrained)
+    config = loading.load_config(str(folder or src))
     with torch.device("meta"):
         net = AutoModel.from_config(config)
     return sum(p.numel() for p in net.parameters())
@@ -268,7 +269,7 @@ def measure_speed(folder: str | Path, max_len: int = 128, batch_size: int = SPEE
     if threads:
         torch.set_num_threads(threads)
     try:
-        net = _quiet_load(AutoModel, folder)  # a head-less load reports the head's weights: not our concern
+        net = loading.quiet_load(AutoModel, folder)  # a head-less load reports the head's weights: not our concern
         device = "cuda" if torch.cuda.is_available() else "cpu"
         net.eval().to(device)
         length = min(max_len, getattr(net.config, "max_position_embeddings", None) or max_len)
@@ -296,20 +297,6 @@ def measure_speed(folder: str | Path, max_len: int = 128, batch_size: int = SPEE
                 "params": sum(p.numel() for p in net.parameters()), "source": str(folder)}
     finally:
         torch.set_num_threads(old_threads)
-
-
-def _quiet_load(auto, folder):
-    from transformers.utils import logging as tlog
-
-    verbosity, bars = tlog.get_verbosity(), tlog.is_progress_bar_enabled()
-    tlog.set_verbosity_error()
-    tlog.disable_progress_bar()
-    try:
-        return auto.from_pretrained(str(folder))
-    finally:
-        tlog.set_verbosity(verbosity)
-        if bars:
-            tlog.enable_progress_bar()
 
 
 # ---------------------------------------------------------------------------

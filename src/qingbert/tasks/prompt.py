@@ -514,7 +514,7 @@ def load_prompt_model(model: str, cfg: PromptConfig | None = None):
     A checkpoint without MLM-head weights (a fine-tuned classifier, an ``AutoModel`` folder, an ELECTRA
     discriminator) is refused: transformers would fill the head with random numbers, and a prompt scored by a
     random head knows nothing of the label words."""
-    from transformers import AutoConfig, AutoModelForMaskedLM
+    from transformers import AutoModelForMaskedLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING
 
     from qingbert.models import loading, zoo
@@ -537,11 +537,10 @@ def load_prompt_model(model: str, cfg: PromptConfig | None = None):
     local = Path(model).expanduser()
     if local.exists() and not (local / "config.json").exists():
         raise QingbertError(f"{model}: not a model folder (no config.json)")
-    config = loading.from_source(model, lambda s, **kw: AutoConfig.from_pretrained(s, **kw))
+    config = loading.load_config(model)
     if type(config) not in MODEL_FOR_MASKED_LM_MAPPING:
         raise _no_masked_lm(model, config.model_type)
-    net, info = loading.from_source(model, lambda s, **kw: AutoModelForMaskedLM.from_pretrained(
-        s, config=config, output_loading_info=True, **kw))
+    net, info = loading.load_pretrained(AutoModelForMaskedLM, model, config=config, output_loading_info=True)
     prefix = getattr(net, "base_model_prefix", "")
     missing = sorted(k for k in info.get("missing_keys", ()) if not (prefix and k.startswith(prefix + ".")))
     if missing:
