@@ -10,6 +10,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from qingbert.errors import QingbertError
+
 MANIFEST = "manifest.json"
 
 # Every folder format qingbert writes (the manifest's "format"), in one place.
@@ -77,8 +79,6 @@ def check_out_folder(out: str | Path, overwrite: bool, *, what: str, fmt: str | 
     (``{"model folder": path}``), is refused.  A non-empty folder is refused unless ``overwrite``, and even then
     only a folder this kind of stage made is accepted: its manifest's format is ``fmt`` (one or several), or
     ``is_ours(folder)`` says so -- so a mistyped path never replaces someone's data.  Nothing is removed here."""
-    from qingbert.errors import QingbertError
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise QingbertError(f"{out}: exists and is not a folder")

@@ -28,9 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from qingbert.data import corpus
+from qingbert.data.segment import get_segmenter, span_counts
 from qingbert.data.text import Stats, summarize
+from qingbert.data.vocab import train_vocab
+from qingbert.data.wwm import WordTokenizer, pack
 from qingbert.errors import QingbertError
 from qingbert.manifest import PREPARED_FORMAT, fresh_folder, read_manifest, write_manifest
+from qingbert.models.tokenizer import copy_tokenizer, make_tokenizer, save_tokenizer
 
 SPLITS = ("train", "eval")
 SEP_WORDS = "\x1f"  # between gold words in the work file; cleaning removes control characters from text
@@ -68,9 +72,6 @@ def _init_worker(tokenizer_json: str, segmenter: str, max_seq_len: int, pack: bo
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     from tokenizers import Tokenizer
 
-    from qingbert.data.segment import get_segmenter
-    from qingbert.data.wwm import WordTokenizer
-
     backend = Tokenizer.from_str(tokenizer_json)
     _W.update(
         tok=WordTokenizer(backend),
@@ -87,9 +88,6 @@ def _init_worker(tokenizer_json: str, segmenter: str, max_seq_len: int, pack: bo
 
 def _process_chunk(chunk: tuple[str, list[str]]) -> dict:
     """One chunk of work-file lines of one split -> packed arrays + counts."""
-    from qingbert.data.segment import span_counts
-    from qingbert.data.wwm import pack
-
     split, lines = chunk
     f1 = [0] * 6
     if _W["gold"]:
@@ -197,8 +195,6 @@ def _chunks(work_files: dict, chunk_chars: int):
 
 def prepare(sources: list[str], out: str | Path, config: PrepareConfig | None = None, **overrides) -> dict:
     """Turn text sources into WWM-ready packed shards in ``out``; returns the manifest."""
-    from qingbert.data.segment import get_segmenter
-
     cfg = config or PrepareConfig()
     for k, v in overrides.items():
         if not hasattr(cfg, k):
@@ -222,9 +218,6 @@ def prepare(sources: list[str], out: str | Path, config: PrepareConfig | None = 
 
 
 def _run(files: list[str], out: Path, cfg: PrepareConfig, stats, max_chars: int, t0: float) -> dict:
-    from qingbert.models.tokenizer import copy_tokenizer, make_tokenizer, save_tokenizer
-    from qingbert.data.vocab import train_vocab
-
     sources = cfg.sources
     work = out / ".work"
     work.mkdir()

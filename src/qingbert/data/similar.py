@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from qingbert.manifest import SIMILAR_WORDS_FORMAT, fresh_folder
+from qingbert.data.prepare import load_prepared
 from qingbert.errors import QingbertError
+from qingbert.manifest import SIMILAR_WORDS_FORMAT, fresh_folder, read_manifest, write_manifest
+from qingbert.models.loading import load_tokenizer
 
 FORMAT = SIMILAR_WORDS_FORMAT
 TABLE = "table.npz"
@@ -27,6 +29,7 @@ BUILD_HINT = "build one with `qingbert similar-words {data} --out DIR` and pass 
 
 # ---------------------------------------------------------------------------
 # The similar-word table
+
 
 def vocab_fingerprint(tokenizer) -> dict:
     """Size and sha256 of the tokenizer's vocabulary (tokens in id order): a table only fits this vocabulary."""
@@ -159,10 +162,6 @@ def build_similar_words(data_dir, out_dir, *, dim: int = 64, min_count: int = 5,
     ``qingbert.similar-words/1``, the vocabulary fingerprint, the settings and counts, a few decoded
     examples).  ``workers`` 0 = one per CPU core (gensim is only reproducible with ``workers=1``).
     Returns the report (the manifest)."""
-    from qingbert.manifest import write_manifest
-    from qingbert.data.prepare import load_prepared
-    from qingbert.models.loading import load_tokenizer
-
     for name, v, lo in (("dim", dim, 1), ("min_count", min_count, 1), ("top_k", top_k, 1), ("epochs", epochs, 1),
                         ("window", window, 1)):
         if not isinstance(v, int) or v < lo:
@@ -285,8 +284,6 @@ def _split_arrays(arrays) -> tuple[dict, dict, dict]:
 def load_similar_words(path, tokenizer=None) -> SimilarWords:
     """Open a folder written by :func:`build_similar_words`; with ``tokenizer``, check that it was built for
     that vocabulary (a table of another vocabulary would replace words by unrelated ids)."""
-    from qingbert.manifest import read_manifest
-
     path = Path(path)
     hint = BUILD_HINT.format(data="DATA")
     if not path.is_dir():
@@ -311,7 +308,6 @@ def load_similar_words(path, tokenizer=None) -> SimilarWords:
     except (OSError, ValueError, KeyError) as e:
         raise QingbertError(f"{path}: the similar-word table cannot be read ({e})", hint=hint) from None
     return SimilarWords(words, cands, sims, m, path)
-
 
 
 # ---------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
-
 MAX_EXAMPLES = 20  # how many skipped lines are kept verbatim (file:line: reason) per stage
 
 

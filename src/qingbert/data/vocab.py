@@ -10,16 +10,17 @@ like CLUE's 8 K vocabulary.  The output folder holds ``vocab.txt`` and
 
 from __future__ import annotations
 
-from collections import Counter
-
 import time
 import unicodedata
+from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from qingbert.data import corpus
 from qingbert.data.text import Stats, is_cjk
-from qingbert.models.tokenizer import make_tokenizer, save_tokenizer
 from qingbert.errors import QingbertError
+from qingbert.manifest import write_manifest
+from qingbert.models.tokenizer import make_tokenizer, save_tokenizer
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -128,8 +129,6 @@ def build_vocab(sources: list[str], out: str | Path, size: int = 8000, *, min_fr
                 heldout: float = 0.01, lowercase: bool = True, text_field: str = "text",
                 dedup: bool = True) -> dict:
     """``qingbert vocab``: read and clean sources, train on all but a held-out slice, report UNK rate there."""
-    from qingbert.data import corpus
-
     t0 = time.time()
     stats = Stats()
     train, held = [], []
@@ -160,7 +159,6 @@ def build_vocab(sources: list[str], out: str | Path, size: int = 8000, *, min_fr
         "corpus": stats.to_dict(),
         "elapsed_s": round(time.time() - t0, 2),
     }
-    from qingbert.manifest import write_manifest
 
     write_manifest(out, report)
     return report

@@ -31,10 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-from qingbert.models.onnx import ExportError, export_onnx, optimize_onnx, quantize_int8
+from qingbert.deploy.inference import Model
 from qingbert.errors import QingbertError
-from qingbert.models.backends import ONNX_FILES, describe
 from qingbert.manifest import MODEL_FORMAT, read_manifest, write_manifest
+from qingbert.models.backends import ONNX_FILES, describe, open_backend
+from qingbert.models.onnx import ExportError, export_onnx, optimize_onnx, quantize_int8, random_inputs, time_runner
+from qingbert.tasks.finetune import predict_split, subset
+from qingbert.tasks.readers import load_task
 
 FP32_TOLERANCE = 1e-3  # max abs difference of any output, fp32 graph vs torch
 INT8_MAX_DROP = 0.5  # task metric points int8 may lose on dev
@@ -78,8 +81,6 @@ def max_abs_diff(ref: dict, got: dict, mask: np.ndarray) -> dict:
 
 def _dev_task(info: dict, task, data_dir):
     """The task to score parity on: the given one, else the fine-tuned model's own when it can be read here."""
-    from qingbert.tasks.readers import load_task
-
     name = task or info.get("task")
     if not name or info["kind"] == "encoder":
         return None
@@ -92,10 +93,7 @@ def _dev_task(info: dict, task, data_dir):
 
 
 def _dev_score(model, task, max_examples: int) -> float:
-    from qingbert.tasks.finetune import subset
-
     examples = subset(task.splits["dev"], max_examples)
-    from qingbert.tasks.finetune import predict_split
 
     preds, _ = predict_split(model.runner, model.head, model.tokenizer, examples, model.cfg)
     return float(model.head.score(examples, preds)["score"])
@@ -105,8 +103,6 @@ def check_parity(folder: str | Path, backends=("onnx", "onnx-int8"), task=None, 
                  max_dev_examples: int = 1000, threads: int = 0) -> dict:
     """Compare each ONNX backend of an exported ``folder`` with its torch model; returns per-backend records
     ``{"max_abs_diff", "passed", ...}``.  Used at export; run it again on any exported folder."""
-    from qingbert.deploy.inference import Model
-
     folder = Path(folder)
     info = describe(folder)
     torch_model = Model(folder, backend="torch", threads=threads)
@@ -152,8 +148,6 @@ def check_parity(folder: str | Path, backends=("onnx", "onnx-int8"), task=None, 
 
 def measure_backend(runner, tokenizer, batch: int = 32, seq: int = 128, repeats: int = 3, warmup: int = 1) -> dict:
     """Sequences/s of a backend on a ``batch x seq`` block of token ids (median of ``repeats``)."""
-    from qingbert.models.onnx import random_inputs, time_runner
-
     cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else 2
     times = time_runner(runner, random_inputs(len(tokenizer), batch, seq, cls_id), repeats, warmup)
     med = float(np.median(times))
@@ -203,8 +197,6 @@ def export(model: str | Path, out: str | Path, onnx: bool = True, int8: bool = T
     if int8:
         rec["int8"] = quantize_int8(fp32, out / ONNX_FILES["onnx-int8"])
     parity = check_parity(out, task=task, data_dir=data_dir, max_dev_examples=max_dev_examples, threads=threads)
-    from qingbert.deploy.inference import Model
-    from qingbert.models.backends import open_backend
 
     tok = Model(out, backend="torch", threads=threads).tokenizer
     speeds = {}

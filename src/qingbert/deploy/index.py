@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from qingbert.data.corpus import JSONL_SUFFIXES, read_documents
+from qingbert.deploy.inference import load
 from qingbert.errors import QingbertError
 from qingbert.manifest import INDEX_FORMAT, check_out_folder, read_manifest, write_manifest
 
@@ -132,7 +133,9 @@ def _encode_all(model, texts: list[str], batch_size: int, pooling: str, progress
 def build_index(model_dir: str | Path, corpus: str | Path, out: str | Path, factory: str = "Flat",
                 batch_size: int = 64, pooling: str = "mean", backend: str | None = None, overwrite: bool = False,
                 progress: bool = True, model=None, text_field: str = "text") -> dict:
-    """Encode every text of ``corpus`` (one per line, or ``.jsonl`` objects: :func:`read_documents`) with the model in ``model_dir`` and write a faiss index folder ``out``.
+    """Encode every text of ``corpus`` (one per line, or ``.jsonl`` objects:
+    :func:`qingbert.data.corpus.read_documents`) with the model in ``model_dir`` and write a faiss index folder
+    ``out``.
 
     ``factory`` is a faiss index-factory string (``Flat``: exact; ``HNSW32``: graph, fast and no training;
     ``IVF<n>,Flat`` / ``IVF<n>,PQ<m>``: trained on the corpus itself, so it needs at least ``n`` texts).
@@ -147,8 +150,6 @@ def build_index(model_dir: str | Path, corpus: str | Path, out: str | Path, fact
     texts, lines, empty, fields = read_documents(corpus, text_field)
     check_out_folder(out, overwrite, what="a qingbert index", fmt=FORMAT)
     if model is None:
-        from qingbert.deploy.inference import load
-
         model = load(model_dir, backend=backend)
     vectors = _encode_all(model, texts, batch_size, pooling, progress)
     t_encode = time.perf_counter() - t0
@@ -240,8 +241,6 @@ class SemanticIndex:
     def encode(self, texts: list[str]) -> np.ndarray:
         """Query vectors for ``texts`` with the index's model and pooling."""
         if self._encoder is None:
-            from qingbert.deploy.inference import load
-
             model_dir = self.manifest.get("model")
             if not model_dir or not Path(model_dir).is_dir():
                 raise QingbertError(f"{self.folder}: the model it was built with ('{model_dir}') is not there",
@@ -339,8 +338,6 @@ def run_cli(args) -> int:
         return 0
     encoder = None
     if args.model:
-        from qingbert.deploy.inference import load
-
         encoder = load(args.model, backend=args.backend)
     index = load_index(args.index, encoder=encoder, backend=args.backend)
     for text, hits in zip(args.text, index.search(args.text, k=args.k)):
@@ -349,5 +346,5 @@ def run_cli(args) -> int:
     return 0
 
 
-__all__ = ["build_index", "load_index", "SemanticIndex", "embed", "read_corpus", "read_documents", "new_index", "train_index",
+__all__ = ["build_index", "load_index", "SemanticIndex", "embed", "new_index", "train_index",
            "add_cli", "run_cli", "FORMAT", "INDEX_FILE", "TEXTS_FILE"]

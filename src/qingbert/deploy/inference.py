@@ -24,11 +24,12 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from qingbert.models.backends import describe, hf_labels, open_backend
 from qingbert.data.text import split_pair
+from qingbert.embed import NEEDS_TORCH, SentenceEncoder, canonical_pooling
 from qingbert.errors import QingbertError
-
-
+from qingbert.models.backends import describe, hf_labels, open_backend
+from qingbert.models.loading import load_tokenizer
+from qingbert.tasks.readers import QAExample, SpanExample, TextExample
 
 # ---------------------------------------------------------------------------
 # what a folder holds
@@ -53,10 +54,8 @@ class Model:
 
     def __init__(self, folder: str | Path, backend: str | None = None, threads: int = 0, max_len: int | None = None,
                  spin: bool = True):
-        from qingbert.tasks.heads import HEADS
         from qingbert.tasks.finetune import FinetuneConfig
-        from qingbert.models.loading import load_tokenizer
-
+        from qingbert.tasks.heads import HEADS
         self.folder = Path(folder)
         self.info = describe(self.folder)
         self.kind = self.info["kind"]
@@ -90,8 +89,6 @@ class Model:
         return run_model(self.runner, ds, collate, names, batch_size=batch_size, token_level=token_level)
 
     def _examples(self, inputs: list):
-        from qingbert.tasks.readers import QAExample, SpanExample, TextExample
-
         out = []
         for i, x in enumerate(inputs):
             if self.kind == "mrc":
@@ -186,8 +183,6 @@ class Model:
 
     def sentence_encoder(self, pooling: str = "mean"):
         """The :class:`qingbert.embed.SentenceEncoder` of this model for ``pooling``, sharing its backend."""
-        from qingbert.embed import NEEDS_TORCH, SentenceEncoder, canonical_pooling
-
         name = canonical_pooling(pooling)
         if name in NEEDS_TORCH or name == "none":
             raise QingbertError(f"pooling '{pooling}' is not a sentence vector of the last layer",

@@ -50,9 +50,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from qingbert.models.loading import quiet_transformers
+from qingbert.data.corpus import read_sources, read_utf8
+from qingbert.data.text import Stats, clean_text
+from qingbert.data.vocab import SPECIALS
 from qingbert.errors import QingbertError
 from qingbert.manifest import FINETUNED_FORMAT, MODEL_FORMAT, check_out_folder, read_manifest, write_manifest
+from qingbert.models import loading
+from qingbert.models.loading import quiet_transformers
+from qingbert.models.tokenizer import save_tokenizer
 
 FORMAT = MODEL_FORMAT
 
@@ -84,8 +89,6 @@ def read_keep(keep) -> list[str]:
         s = os.fspath(keep)
         p = Path(s).expanduser()
         if p.is_file():
-            from qingbert.data.corpus import read_utf8
-
             items = read_utf8(p, "--keep file").splitlines()
         elif "/" in s or "\\" in s or s.lower().endswith(".txt"):
             raise QingbertError(f"no such --keep file '{s}'",
@@ -147,8 +150,6 @@ def _specials(tokenizer, config, vocab: dict[str, int]) -> list[int]:
     """Ids that are kept whatever the corpus says: the BERT five, the tokenizer's declared specials and added
     tokens, and every ``*_token_id`` of the model config.  A declared special outside the vocabulary is an error:
     its id would be made up."""
-    from qingbert.data.vocab import SPECIALS
-
     declared = list(dict.fromkeys(list(tokenizer.all_special_tokens)))
     missing = [t for t in declared if t not in vocab]
     if missing:
@@ -253,7 +254,6 @@ class _Count:
 
     def __init__(self, backend, vocab_size: int, wordpiece: dict):
         import numpy as np
-
         from tokenizers import Tokenizer
 
         self.tk = Tokenizer.from_str(backend.to_str())  # a copy without the caller's padding / truncation
@@ -322,9 +322,6 @@ class _Count:
 def _read_corpus(sources: list[str], counter: _Count, text_field: str, progress: bool) -> list[dict]:
     """Tokenize every source; returns per-source counts.  A source with no text is an error naming it."""
     from tqdm.auto import tqdm
-
-    from qingbert.data.text import Stats, clean_text
-    from qingbert.data.corpus import read_sources
 
     per_source = []
     with tqdm(desc="tokenize", unit="text", unit_scale=True, disable=None if progress else True) as bar:
@@ -433,8 +430,6 @@ def _parity(old_model, new_model, old_tok, new_tok, texts: list[str], kept: list
 
 def _load(model: str):
     """``(tokenizer, model, local folder or None)``; a folder without a tokenizer is an error, before loading."""
-    from qingbert.models import loading
-
     source, local = loading.resolve_source(model)
     folder = Path(source) if local else None
     if folder is not None:
@@ -472,7 +467,6 @@ def prune_vocab(model: str, corpus: list[str], out, *, keep=None, min_count: int
     if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
         raise QingbertError(f"min_count must be a whole number of at least 1, got {min_count!r}")
     out = Path(out).expanduser()
-    from qingbert.models import loading
 
     source, local = loading.resolve_source(model)
     check_out_folder(out, overwrite, what="a model folder (no config.json)",
@@ -524,7 +518,6 @@ def prune_vocab(model: str, corpus: list[str], out, *, keep=None, min_count: int
                 checked = _check_tokenizer(tokenizer, new_tok, verify, kept, kept_set)
                 parity_texts = _parity_texts(tokenizer, counter.sample, kept_set)
             parity = _parity(net, pruned, tokenizer, new_tok, parity_texts, kept, old_size)
-            from qingbert.models.tokenizer import save_tokenizer
 
             with quiet_transformers():
                 pruned.save_pretrained(str(staging))

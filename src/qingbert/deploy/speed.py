@@ -23,8 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from qingbert.models.onnx import random_inputs, time_runner
 from qingbert.errors import QingbertError
+from qingbert.manifest import _versions, atomic_write_text
+from qingbert.models import zoo
+from qingbert.models.backends import ONNX_FILES, describe, open_backend
+from qingbert.models.onnx import export_onnx, optimize_onnx, quantize_int8, random_inputs, time_runner
 
 DEFAULT_SHAPES = ["roberta-wwm-ext", "rbt6", "rbt3", "rbt4-h312", "minirbt-h288", "minirbt-h256",
                   "roberta-tiny-clue"]
@@ -48,8 +51,6 @@ class SpeedConfig:
 
 def _zoo_folder(name: str, work: Path) -> Path:
     """A random-init encoder folder of a zoo shape for timing (inputs are random ids: no tokenizer needed)."""
-    from qingbert.models import zoo
-
     spec = zoo.get_spec(name)
     folder = work / spec.name
     if (folder / "config.json").exists():
@@ -78,9 +79,6 @@ def _params(folder: Path) -> dict:
 
 def measure_model(folder: Path, cfg: SpeedConfig, label: str, progress=print) -> dict:
     """Params, and per backend per grid point seq/s; batch-1 latency percentiles."""
-    from qingbert.models.onnx import export_onnx, optimize_onnx, quantize_int8
-    from qingbert.models.backends import ONNX_FILES, describe, open_backend
-
     info = describe(folder)
     enc_info = dict(info, kind="encoder", auto_class="AutoModel", outputs=())
     config = json.loads((folder / "config.json").read_text())
@@ -146,8 +144,6 @@ def speed(config: SpeedConfig | dict | None = None, progress=print) -> dict:
     models = list(cfg.models)
     if cfg.base and cfg.base not in models:
         models = [cfg.base] + models
-    from qingbert.models import zoo
-    from qingbert.models.backends import describe
 
     resolved = []  # every name checked before anything is measured
     for name in models:
@@ -168,7 +164,6 @@ def speed(config: SpeedConfig | dict | None = None, progress=print) -> dict:
     res = {"config": asdict(cfg), "threads": threads, "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
            "models": records, "elapsed_s": round(time.time() - t0, 1)}
     _speedups(res, cfg)
-    from qingbert.manifest import _versions, atomic_write_text
 
     res["versions"] = _versions()
     try:
@@ -197,7 +192,6 @@ def _speedups(res: dict, cfg: SpeedConfig) -> None:
 def _base_label(base: str) -> str:
     if not base:
         return ""
-    from qingbert.models import zoo
 
     try:
         return zoo.get_spec(base).name

@@ -9,7 +9,6 @@ from qingbert.errors import QingbertError
 from qingbert.pretraining.mlm import MaskingConfig
 from qingbert.training.loop import TrainConfig
 
-
 KD_LOSSES = ("kd_ce", "kd_mse")
 
 

@@ -39,11 +39,15 @@ import torch
 
 from qingbert.distillation.config import DistillConfig
 from qingbert.distillation.matches import Shape, resolve_matches
-from qingbert.distillation.objectives import (
-    GeneralDistillObjective, IndexCollator, TaskDistillObjective, base_and_head)
+from qingbert.distillation.objectives import GeneralDistillObjective, IndexCollator, TaskDistillObjective, base_and_head
 from qingbert.errors import QingbertError
 from qingbert.manifest import DISTILLED_FORMAT, read_manifest, write_manifest
-from qingbert.pretraining.mlm import IGNORE, attention_of
+from qingbert.models import zoo
+from qingbert.models.loading import load_tokenizer, transformers_class
+from qingbert.pretraining.mlm import IGNORE, MLMObjective, WWMCollator, attention_of, load_mlm, tokenizer_info
+from qingbert.pretraining.pretrain import open_data, train_and_save
+from qingbert.tasks.finetune import FORMAT as FT_FORMAT
+from qingbert.tasks.finetune import finetune
 from qingbert.training.loop import TrainConfig, Trainer, seed_everything
 
 FORMAT = DISTILLED_FORMAT
@@ -133,8 +137,6 @@ def _teacher_accuracy(teacher, eval_ds, collate, batches: int = 4, batch_size: i
 
 def _fit_teacher_head(teacher, train_ds, eval_ds, collate, out: Path, cfg: DistillConfig, steps: int):
     """Train the teacher's MLM head alone (encoder frozen) for ``steps`` steps; the fitted teacher is saved."""
-    from qingbert.pretraining.mlm import MLMObjective
-
     base, _ = base_and_head(teacher)
     teacher.train()
     teacher.requires_grad_(True)
@@ -152,8 +154,6 @@ def _fit_teacher_head(teacher, train_ds, eval_ds, collate, out: Path, cfg: Disti
 def _load_student(student: str, tokenizer, overrides: dict, init: str = "default"):
     """A zoo shape or model folder (as pretraining loads them), or any config: a ``config.json`` file or a folder
     holding only one -> a random-init masked LM of that config with the data's vocabulary."""
-    from qingbert.pretraining.mlm import load_mlm
-
     p = Path(student)
     config_file = p if p.is_file() and p.suffix == ".json" else p / "config.json"
     has_weights = p.is_dir() and (any(p.glob("*.safetensors")) or any(p.glob("*.bin")))
@@ -186,10 +186,6 @@ def distill_general(teacher: str | list, student: str, data: str | Path, out: st
     """One general-distillation stage: ``teacher`` (folder / hub id / zoo name with weights, or a list)
     -> ``student`` (zoo shape, folder, or built from teacher layers with ``init_from_teacher_layers``)
     on a prepared WWM folder.  Returns the stage manifest."""
-    from qingbert.pretraining.mlm import WWMCollator
-    from qingbert.pretraining.mlm import load_mlm, tokenizer_info
-    from qingbert.pretraining.pretrain import open_data, train_and_save
-
     cfg = config if isinstance(config, DistillConfig) else DistillConfig.from_dict(config)
     out = Path(out)
     t0 = time.time()
@@ -269,8 +265,6 @@ def distill(teacher: str | list, student: str, data: str | Path, out: str | Path
     The assistant (e.g. ``rbt6``) has the teacher's width and is initialised from teacher layers
     (``init_from_teacher_layers``, default evenly spread: 12 -> 6 gives 0,2,4,7,9,11); a finished stage
     (a complete manifest in its folder) is not redone.  Returns ``{"stages": [manifests], "out"}``."""
-    from qingbert.models import zoo
-
     cfg = config if isinstance(config, DistillConfig) else DistillConfig.from_dict(config)
     out = Path(out)
     stages = []
@@ -331,10 +325,6 @@ class TaskDistiller:
         return IndexCollator(collate)
 
     def objective(self, head, student, tokenizer, task_type: str):
-        from qingbert.tasks.finetune import FORMAT as FT_FORMAT
-        from qingbert.models.loading import transformers_class
-        from qingbert.models.loading import load_tokenizer
-
         teachers = []
         for name in self.names:
             m = read_manifest(name)
@@ -362,8 +352,6 @@ def distill_task(teacher: str | list, student: str, task, out: str | Path, data_
                  config: DistillConfig | dict | None = None, finetune_config: dict | None = None) -> dict:
     """Task-stage distillation: fine-tuned ``teacher`` folder(s) -> ``student`` on ``task``; the result is a
     fine-tuned folder (``qingbert predict`` works on it).  Returns :func:`qingbert.finetune.finetune`'s result."""
-    from qingbert.tasks.finetune import finetune
-
     cfg = config if isinstance(config, DistillConfig) else DistillConfig.from_dict(config)
     teachers = teacher if isinstance(teacher, (list, tuple)) else [teacher]
     ft = dict(finetune_config or {})

@@ -11,8 +11,9 @@ from qingbert.distillation.config import DistillConfig
 from qingbert.distillation.losses import Schedule, get_loss, make_projection
 from qingbert.distillation.matches import Shape, resolve_matches
 from qingbert.errors import QingbertError
+from qingbert.models.onnx import OnnxEncoder
 from qingbert.pretraining.mlm import IGNORE, attention_of, mlm_head
-
+from qingbert.training.batching import model_inputs
 
 INT8_TEACHER_MAX_RELATIVE_ERROR = 0.05  # onnx-int8 teacher: |h_int8 - h| / |h| on the first batch
 
@@ -117,8 +118,6 @@ class _DistillBase(torch.nn.Module):
             return base
         if self._onnx[i] is None:
             try:
-                from qingbert.models.onnx import OnnxEncoder
-
                 int8 = backend == "onnx-int8"
                 enc = OnnxEncoder(base, hidden_states=self.need_hidden, int8=int8)
                 check = enc.compare(base, ids, att)
@@ -290,8 +289,6 @@ class TaskDistillObjective(_DistillBase):
         return out.to(am.device)
 
     def forward(self, batch):
-        from qingbert.training.batching import model_inputs
-
         inputs = model_inputs(batch)
         am = inputs["attention_mask"]
         kw = dict(output_hidden_states=self.need_hidden, output_attentions=self.need_attention)

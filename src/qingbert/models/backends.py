@@ -18,7 +18,6 @@ from qingbert.errors import QingbertError
 from qingbert.manifest import FINETUNED_FORMAT, PREPARED_FORMAT, read_manifest
 from qingbert.models.loading import quiet_load
 
-
 BACKENDS = ("onnx-int8", "onnx", "torch")
 
 

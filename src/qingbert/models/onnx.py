@@ -14,7 +14,6 @@ from qingbert.errors import QingbertError
 from qingbert.models.backends import HIDDEN, OnnxBackend
 from qingbert.models.loading import quiet_load
 
-
 ORT_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "electra": "bert", "ernie": "bert", "albert": "bert",
                    "xlm-roberta": "bert", "distilbert": "bert"}
 
@@ -136,8 +135,6 @@ class OnnxEncoder:
 
     def __init__(self, encoder, hidden_states: bool = True, threads: int = 0, int8: bool = False):
         import tempfile
-
-
 
         cfg = encoder.config
         if getattr(cfg, "_attn_implementation", "eager") != "eager":

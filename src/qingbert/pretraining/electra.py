@@ -40,9 +40,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qingbert.models import loading
 from qingbert.errors import QingbertError
-from qingbert.pretraining.mlm import IGNORE, WWMCollator, attention_of
+from qingbert.models import loading, zoo
+from qingbert.models.inits import apply_init
+from qingbert.models.tokenizer import save_tokenizer
+from qingbert.pretraining.mlm import (
+    EVAL_MLM_PROBABILITY,
+    IGNORE,
+    WWMCollator,
+    attention_of,
+    set_dropout,
+    tokenizer_info,
+)
+from qingbert.training.loop import seed_everything
 
 GENERATOR = "generator"  # the generator's subfolder of a saved discriminator
 GOOGLE_MASK_RATIO = 0.85  # ELECTRA's pretrain_helpers.mask: [MASK] at 85 % of chosen positions, the rest kept
@@ -264,8 +274,6 @@ class ElectraObjective(torch.nn.Module):
 
     def save_extra(self, out: Path) -> Path:
         """Save the generator as a plain ``ElectraForMaskedLM`` folder ``out/generator`` (with the tokenizer)."""
-        from qingbert.models.tokenizer import save_tokenizer
-
         folder = Path(out) / GENERATOR
         self.generator.save_pretrained(str(folder), safe_serialization=True)
         if self.tokenizer is not None:
@@ -286,8 +294,6 @@ def _check_shape(config, what: str) -> None:
 def _electra_spec(model: str):
     """The zoo spec of ``model`` as an ELECTRA shape (a BERT shape becomes the same-sized ELECTRA), or None when
     ``model`` is not a zoo name."""
-    from qingbert.models import zoo
-
     if Path(model).exists():
         return None
     try:
@@ -304,8 +310,6 @@ def _electra_spec(model: str):
 
 def _check_vocab(model: str, net, tokenizer) -> None:
     """The data's vocabulary must be the model's (as :func:`qingbert.pretrain.load_mlm` checks)."""
-    from qingbert.models import loading
-
     vocab = tokenizer.get_vocab()
     if net.get_input_embeddings().num_embeddings < len(vocab):
         raise QingbertError(f"model {model} has {net.get_input_embeddings().num_embeddings} token embeddings but "
@@ -344,13 +348,9 @@ def load_electra(model: str, tokenizer, ecfg: ElectraConfig, overrides: dict | N
     no initialisation of its own: its embeddings are the discriminator's, the rest transformers' random init."""
     from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
-    from qingbert.models import zoo
-
     spec = _electra_spec(model)
     info: dict = {}
     if spec is not None:
-        from qingbert.models.inits import apply_init
-
         config = zoo.build_config(spec, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                                   **(overrides or {}))
         _check_shape(config, "the discriminator's")
@@ -431,9 +431,6 @@ def make_objective(model: str, tokenizer, cfg, options: dict | None = None, data
     ``options``: :class:`ElectraConfig` fields.  Everything that can be wrong with them is raised here, before
     any training.  ``info`` is for the manifest; ``info["config_updates"]`` goes to ``train_and_save``.
     ``data_dir`` is accepted for the caller's convenience and recorded only."""
-    from qingbert.pretraining.mlm import EVAL_MLM_PROBABILITY, set_dropout, tokenizer_info
-    from qingbert.training.loop import seed_everything
-
     ecfg = ElectraConfig.from_dict(options)
     seed_everything(cfg.train.seed)  # before the models are built: random init depends on it
     disc, gen, info = load_electra(model, tokenizer, ecfg, cfg.overrides, init=cfg.init)

@@ -41,11 +41,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from qingbert.errors import QingbertError
 from qingbert.data.similar import (  # noqa: F401
-    BUILD_HINT, FORMAT, SimilarWords, build_similar_words, load_similar_words, vocab_fingerprint)
+    BUILD_HINT,
+    FORMAT,
+    SimilarWords,
+    build_similar_words,
+    load_similar_words,
+    vocab_fingerprint,
+)
+from qingbert.errors import QingbertError
 from qingbert.pretraining.mlm import (
-    IGNORE, MLMObjective, WWMCollator, attention_of, document_attention, masked_lm_loss)
+    EVAL_MLM_PROBABILITY,
+    IGNORE,
+    MLMObjective,
+    WWMCollator,
+    attention_of,
+    document_attention,
+    load_mlm,
+    masked_lm_loss,
+    set_dropout,
+    tokenizer_info,
+)
+from qingbert.training.loop import seed_everything
 
 DEFAULT_NGRAM_PROBS = (0.4, 0.3, 0.2, 0.1)
 REJECTION_TRIES = 8
@@ -446,9 +463,6 @@ def make_objective(model: str, tokenizer, cfg, options: dict, data_dir) -> tuple
     ``info``: ``init`` (how the model was made), ``macbert`` (the masking settings and the table's
     provenance), ``config_updates`` (the config values ``train_dropout`` replaced, to write back on save) and
     ``collator_stats`` (the training collator's live counts: read them after training)."""
-    from qingbert.pretraining.mlm import EVAL_MLM_PROBABILITY, load_mlm, set_dropout, tokenizer_info
-    from qingbert.training.loop import seed_everything
-
     mcfg, path = parse_options(options, mlm_probability=cfg.masking.mlm_probability,
                                document_mask=cfg.masking.document_mask, data_dir=data_dir)
     if not Path(path).exists():
@@ -485,7 +499,7 @@ def make_objective(model: str, tokenizer, cfg, options: dict, data_dir) -> tuple
     return objective, train_collate, eval_collate, info
 
 
-
-__all__ = ["MacBERTConfig", "MacBERTCollator", "MacBERTObjective", "SOPEvalCollator", "SimilarWords", "build_similar_words",
-           "load_similar_words", "choose_ngrams", "macbert_mask", "sop_example", "pretraining_loss",
-           "to_pretraining_model", "make_objective", "parse_options", "vocab_fingerprint"]
+__all__ = ["MacBERTConfig", "MacBERTCollator", "MacBERTObjective", "SOPEvalCollator", "SimilarWords",
+           "build_similar_words", "load_similar_words", "choose_ngrams", "macbert_mask", "sop_example", "pretraining_loss",
+           "to_pretraining_model", "make_objective", "parse_options",
+           "vocab_fingerprint"]

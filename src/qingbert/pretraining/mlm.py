@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from qingbert.errors import QingbertError
+from qingbert.models import loading, zoo
+from qingbert.models.inits import apply_init
 
 IGNORE = -100
 
@@ -241,8 +243,6 @@ def load_mlm(model: str, tokenizer, overrides: dict | None = None, weights: bool
 
     With ``weights`` a zoo name means its published weights (its hub id), as a teacher needs.  ``init`` names
     the initialisation of a model built from scratch (:mod:`qingbert.inits`); weights are never re-initialised."""
-    from qingbert.models import loading, zoo
-
     vocab = tokenizer.get_vocab()
     spec = None
     if not Path(model).exists() and not weights:
@@ -252,8 +252,6 @@ def load_mlm(model: str, tokenizer, overrides: dict | None = None, weights: bool
             if "/" not in model:  # not a hub id either: the zoo's did-you-mean is the helpful message
                 raise
     if spec is not None:
-        from qingbert.models.inits import apply_init
-
         m = zoo.build_model(spec, vocab_size=len(vocab), head="mlm", **(overrides or {}))
         m.config.pad_token_id = tokenizer.pad_token_id
         return m, {"init": "random (from scratch)", "zoo": spec.name, "head_initialised": False,

@@ -16,12 +16,25 @@ from pathlib import Path
 
 import torch
 
+from qingbert.data.prepare import FORMAT as DATA_FORMAT
+from qingbert.data.prepare import load_prepared
+from qingbert.data.text import clean_text
 from qingbert.errors import QingbertError
 from qingbert.manifest import MODEL_FORMAT, read_manifest, write_manifest
+from qingbert.models import loading
+from qingbert.models.loading import load_tokenizer
+from qingbert.models.tokenizer import save_tokenizer
 from qingbert.pretraining import electra, macbert
 from qingbert.pretraining.mlm import (
-    EVAL_MLM_PROBABILITY, MLMObjective, MaskingConfig, WWMCollator, load_mlm, set_dropout, tokenizer_info)
-from qingbert.training.loop import Trainer, TrainConfig, seed_everything
+    EVAL_MLM_PROBABILITY,
+    MaskingConfig,
+    MLMObjective,
+    WWMCollator,
+    load_mlm,
+    set_dropout,
+    tokenizer_info,
+)
+from qingbert.training.loop import TrainConfig, Trainer, seed_everything
 
 FORMAT = MODEL_FORMAT
 OWN = ("objective", "overrides", "init", "train_dropout", "macbert", "electra")
@@ -76,10 +89,6 @@ class PretrainConfig:
 
 def open_data(data: str | Path):
     """The prepared folder's train/eval datasets and tokenizer, with a clear error if it is not one."""
-    from qingbert.data.prepare import FORMAT as DATA_FORMAT
-    from qingbert.data.prepare import load_prepared
-    from qingbert.models.loading import load_tokenizer
-
     data = Path(data)
     m = read_manifest(data)
     if m is None or m.get("format") != DATA_FORMAT:
@@ -165,8 +174,6 @@ def train_and_save(trainer, tokenizer, out: Path, resume: bool, config_updates: 
     (with ``config_updates`` set on the saved config).
 
     Returns ``(eval before, eval after, history, trained model or None off the main process)``."""
-    from qingbert.models.tokenizer import save_tokenizer
-
     before = None if resume else trainer.evaluate()
     history = trainer.run()
     after = next((h for h in reversed(history) if h.get("split") == "eval"), None)
@@ -188,11 +195,6 @@ OBJECTIVES = {"wwm": wwm_objective, "macbert": macbert.make_objective, "electra"
 def fill_mask(model: str, text: str, top_k: int = 5) -> list:
     """Top-k fillers for each ``[MASK]`` in ``text``, via the transformers fill-mask pipeline."""
     from transformers import pipeline
-
-    from qingbert.models import loading
-    from qingbert.models.loading import load_tokenizer
-
-    from qingbert.data.text import clean_text
 
     text = clean_text(text)  # the same clean-up as the training text (full-width -> half-width, ...)
     if "[MASK]" not in text:

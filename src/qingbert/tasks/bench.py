@@ -47,9 +47,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-from qingbert.models import loading
 from qingbert.errors import QingbertError
 from qingbert.manifest import BENCH_FORMAT, BENCH_RUN_FORMAT, atomic_write_text, write_manifest
+from qingbert.models import loading, zoo
+from qingbert.tasks.readers import load_task
 
 FORMAT = BENCH_FORMAT
 RUN_FORMAT = BENCH_RUN_FORMAT
@@ -207,8 +208,6 @@ def count_params(model: str) -> int:
     A folder or hub id is counted from its config on the meta device; a zoo name in closed form.
     Unknown names raise the same :class:`QingbertError` that fine-tuning them would.
     """
-    from qingbert.models import loading, zoo
-
     src = model.removeprefix("random:")
     folder = _local_folder(model)
     if folder is None:
@@ -529,7 +528,6 @@ def bench(config: BenchConfig | dict, finetune_fn: Callable | None = None) -> di
     real = finetune_fn is None
     if real:
         from qingbert.tasks.finetune import finetune as finetune_fn
-        from qingbert.tasks.readers import load_task
 
         for t in cfg.tasks:  # a wrong task name or data folder fails now, not after hours of runs
             load_task(t, dirs[t])

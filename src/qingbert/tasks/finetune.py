@@ -28,11 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from qingbert.errors import QingbertError
-from qingbert.models.loading import transformers_class
-from qingbert.tasks.heads import HEADS
 from qingbert.manifest import FINETUNED_FORMAT, atomic_write_text, write_manifest
+from qingbert.models import loading, zoo
+from qingbert.models.loading import load_tokenizer, transformers_class
+from qingbert.models.tokenizer import save_tokenizer
+from qingbert.tasks.heads import HEADS
+from qingbert.tasks.readers import Task, load_task
 from qingbert.training.batching import run_model
-from qingbert.training.loop import Trainer, TrainConfig, fill_config, seed_everything
+from qingbert.training.loop import TrainConfig, Trainer, fill_config, seed_everything
 
 FORMAT = FINETUNED_FORMAT
 
@@ -74,9 +77,6 @@ class FinetuneConfig:
 def load_for_task(model: str, head, cfg: FinetuneConfig):
     """``(model with the task head, tokenizer, how it was initialised)`` for a folder / hub id / zoo name /
     ``random:<folder or zoo name>``."""
-    from qingbert.models import loading, zoo
-    from qingbert.models.loading import load_tokenizer
-
     auto = transformers_class(head.auto_class)
     kw = {}
     if head.labels:
@@ -105,7 +105,8 @@ def load_for_task(model: str, head, cfg: FinetuneConfig):
     def load(s, **more):
         return auto.from_pretrained(s, **kw, **more)
 
-    net = loading.from_source(src, load)  # local folder, or hub id (a zoo name resolves to its hub id) with offline errors
+    # a local folder, or a hub id (a zoo name resolves to its hub id) with offline errors
+    net = loading.from_source(src, load)
     if getattr(net.config, "model_type", "") == "xlnet":
         tokenizer.padding_side = "left"  # XLNet summarises the last token
     return net, tokenizer, f"weights from {src}"
@@ -148,9 +149,6 @@ def finetune(model: str, task: str, out: str | Path, data_dir: str | None = None
 
     Returns ``{"dev": metrics (percent, with "metric" and "score"), "steps", "labels", "out", "elapsed_s"}``.
     """
-    from qingbert.tasks.readers import Task, load_task
-    from qingbert.models.tokenizer import save_tokenizer
-
     cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig.from_dict(config)
     if max_len:
         cfg.max_len = max_len

@@ -8,5 +8,4 @@ from qingbert.tasks.classification import ClassificationHead
 from qingbert.tasks.mrc import MRCHead
 from qingbert.tasks.ner import NERHead
 
-
 HEADS = {"classification": ClassificationHead, "pair": ClassificationHead, "ner": NERHead, "mrc": MRCHead}

@@ -21,9 +21,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from qingbert.data.text import normalize_chars
 from qingbert.errors import QingbertError
 from qingbert.manifest import atomic_write_text
 from qingbert.models.backends import AUTO_CLASS, TASK_OUTPUTS
+from qingbert.tasks.metrics import cmrc_scores
+from qingbert.training.batching import model_inputs, pad_rows
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -98,8 +101,6 @@ def encode_qa(examples: list[QAExample], tokenizer, max_len: int = 384, doc_stri
     contexts where that happened; the tokenizer cannot take an overlap that fills the room).
     """
     from datasets import Dataset
-
-    from qingbert.data.text import normalize_chars
 
     if not getattr(tokenizer, "is_fast", False):
         raise QingbertError("reading comprehension needs a fast tokenizer (character offsets)",
@@ -180,8 +181,6 @@ class QACollator:
         self.pad_id = pad_id
 
     def __call__(self, rows: list[dict]) -> dict:
-        from qingbert.training.batching import pad_rows
-
         batch = pad_rows(rows, self.pad_id)
         for key in ("start_positions", "end_positions"):
             if key in rows[0]:
@@ -203,8 +202,6 @@ class QAObjective(torch.nn.Module):
         self.model = model
 
     def _run(self, batch):
-        from qingbert.training.batching import model_inputs
-
         out = self.model(**model_inputs(batch), start_positions=batch["start_positions"],
                          end_positions=batch["end_positions"])
         pad = batch["attention_mask"] == 0
@@ -277,8 +274,6 @@ def decode_qa(start_logits: list[np.ndarray], end_logits: list[np.ndarray], data
 
 def score_qa(examples: list[QAExample], predictions: dict) -> dict:
     """Official CMRC 2018 EM / F1 (percent) of ``{id: answer text}`` against every gold answer."""
-    from qingbert.tasks.metrics import cmrc_scores
-
     scores = cmrc_scores(predictions, {e.id: [t for t, _ in e.answers] for e in examples})
     return {**scores, "metric": "f1", "score": scores["f1"]}
 

@@ -23,9 +23,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from qingbert.data.text import normalize_chars
 from qingbert.errors import QingbertError
 from qingbert.models.backends import AUTO_CLASS, TASK_OUTPUTS
 from qingbert.tasks.classification import ClassificationHead
+from qingbert.tasks.metrics import bio_decode, entity_scores
 from qingbert.training.batching import model_inputs, pad_rows
 
 IGNORE = -100
@@ -115,8 +117,6 @@ def encode_ner(examples, tokenizer, tags: list[str], max_len: int):
     The report counts are listed in :data:`REPORT_KEYS`.
     """
     from datasets import Dataset
-
-    from qingbert.data.text import normalize_chars
 
     types = _entity_types(tags)
     _check_types(examples, types)
@@ -218,8 +218,6 @@ class NERCollator:
 
 def window_spans(pred: np.ndarray, char_index: np.ndarray, tags: list[str]) -> set[tuple]:
     """Spans in original character offsets from per-token tag ids of one window (characters' first tokens only)."""
-    from qingbert.tasks.metrics import bio_decode
-
     k = min(len(pred), len(char_index))
     keep = char_index[:k] >= 0
     chars = char_index[:k][keep]
@@ -287,8 +285,6 @@ def decode_ner(logits: list[np.ndarray], dataset, examples, tags: list[str]) -> 
 
 def score_ner(examples, predicted_spans) -> dict:
     """Entity-level exact-match scores in percent: micro P/R/F1, macro-F1, per type (with ``support``)."""
-    from qingbert.tasks.metrics import entity_scores
-
     s = entity_scores(predicted_spans, [ex.entities for ex in examples])
     per_type = {t: {k: (v if k == "support" else 100 * v) for k, v in d.items()} for t, d in s["per_type"].items()}
     f1 = 100 * s["micro"]["f1"]

@@ -33,9 +33,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from qingbert.data.corpus import read_utf8
+from qingbert.data.text import clean_text
 from qingbert.errors import QingbertError, closest
 from qingbert.manifest import PROMPT_FORMAT, atomic_write_text, read_manifest, write_manifest
-from qingbert.training.loop import Trainer, TrainConfig, fill_config, seed_everything
+from qingbert.models import loading, zoo
+from qingbert.models.loading import load_tokenizer
+from qingbert.models.tokenizer import save_tokenizer
+from qingbert.pretraining.mlm import mlm_head
+from qingbert.tasks.classification import ClassificationHead, ClassificationObjective
+from qingbert.tasks.finetune import format_scores, load_for_task
+from qingbert.tasks.readers import Task, TextExample, label_str, load_task
+from qingbert.training.batching import Rows, model_inputs, pad_rows
+from qingbert.training.loop import TrainConfig, Trainer, fill_config, seed_everything
 
 FORMAT = PROMPT_FORMAT
 MASK = "[MASK]"
@@ -185,8 +195,6 @@ def parse_verbalizer(spec) -> dict:
     ``1: 好`` means label ``"1"``); one word per label."""
     import yaml
 
-    from qingbert.tasks.readers import label_str
-
     if isinstance(spec, Mapping):
         items, where = list(spec.items()), "verbaliser"
     elif isinstance(spec, (str, Path)):
@@ -201,7 +209,6 @@ def parse_verbalizer(spec) -> dict:
             if not is_file:
                 raise QingbertError(f"verbaliser file {path} not found")
             where = str(path)
-            from qingbert.data.corpus import read_utf8
 
             try:
                 data = yaml.safe_load(read_utf8(path))
@@ -270,8 +277,6 @@ def match_labels(verbalizer: dict, labels: list, label_names: dict | None = None
 def verbalizer_token_ids(tokenizer, words: list, labels: list) -> list:
     """One vocabulary id per label word; a word that is several tokens, ``[UNK]``, a special token or another
     label's token is refused, saying what the vocabulary made of it."""
-    from qingbert.data.text import clean_text
-
     specials = set(tokenizer.all_special_ids)
     ids, owner = [], {}
     for lab, word in zip(labels, words):
@@ -320,9 +325,6 @@ def encode_prompts(examples, tokenizer, template: Template, label2id: dict, max_
     Template pieces and texts are tokenized apart and joined, so a long text is cut to the budget the template
     leaves and the ``[MASK]`` is always in the input.  A ``[MASK]`` written inside a text becomes ``[UNK]``
     (counted): the only mask the model sees is the template's."""
-    from qingbert.data.text import clean_text
-    from qingbert.training.batching import Rows
-
     if tokenizer.mask_token_id is None or tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
         raise QingbertError("this tokenizer has no [MASK] / [CLS] / [SEP] token",
                             hint="prompts need a BERT-style masked-LM vocabulary")
@@ -387,8 +389,6 @@ class PromptCollator:
         self.pad_id, self.side = pad_id if pad_id is not None else 0, side
 
     def __call__(self, examples: list[dict]) -> dict:
-        from qingbert.training.batching import pad_rows
-
         batch = pad_rows(examples, self.pad_id, self.side)
         length = batch["input_ids"].shape[1]
         shift = [length - len(e["input_ids"]) if self.side == "left" else 0 for e in examples]
@@ -418,9 +418,6 @@ class PromptObjective(torch.nn.Module):
 
     def label_logits(self, batch: dict) -> torch.Tensor:
         """``(batch, labels)``: each label word's MLM logit at the batch's mask positions."""
-        from qingbert.training.batching import model_inputs
-        from qingbert.pretraining.mlm import mlm_head
-
         inputs = model_inputs(batch)
         pos = batch["mask_pos"]
         rows = torch.arange(pos.numel(), device=pos.device)
@@ -451,8 +448,6 @@ class PromptObjective(torch.nn.Module):
     @staticmethod
     def summarize(totals: dict) -> dict:
         """Accuracy and mean loss of the summed evaluation batches, as fine-tuning reports them."""
-        from qingbert.tasks.classification import ClassificationObjective
-
         return ClassificationObjective.summarize(totals)
 
     def trained_model(self):
@@ -488,8 +483,6 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 def prompt_tokenizer(model: str, tokenizer: str | None = None):
     """The vocabulary the prompts are tokenized with: ``tokenizer``, else the model's own."""
-    from qingbert.models.loading import load_tokenizer
-
     src = model[len("random:"):] if model.startswith("random:") else model
     if tokenizer:
         return load_tokenizer(tokenizer)
@@ -517,13 +510,9 @@ def load_prompt_model(model: str, cfg: PromptConfig | None = None):
     from transformers import AutoModelForMaskedLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING
 
-    from qingbert.models import loading, zoo
-
     cfg = cfg or PromptConfig()
     if model.startswith("random:"):
         from types import SimpleNamespace
-
-        from qingbert.tasks.finetune import load_for_task
 
         src = model[len("random:"):]
         if not Path(src).expanduser().is_dir() and zoo.get_spec(src).model_type == "xlnet":
@@ -595,8 +584,6 @@ def sample_examples(examples: list, n: int, seed: int, labels: list | None = Non
 
 def _prepare(model: str, task, data_dir, template: str, verbalizer, cfg: PromptConfig, splits: tuple):
     """Every check before training: template, verbaliser, task and its labels, vocabulary, model."""
-    from qingbert.tasks.readers import Task, load_task
-
     tpl = parse_template(template)
     verb = parse_verbalizer(verbalizer)
     t = task if isinstance(task, Task) else load_task(task, data_dir)
@@ -625,8 +612,6 @@ def _predictions(examples, labels, probs, path: Path) -> None:
 
 
 def _score(t, examples, probs) -> dict:
-    from qingbert.tasks.classification import ClassificationHead
-
     head = ClassificationHead(t)
     return head.score(examples, [head.labels[int(np.argmax(p))] for p in probs])
 
@@ -642,8 +627,6 @@ def prompt_finetune(model: str, task, out: str | Path, data_dir: str | None = No
     Writes ``out``: the masked-LM model and tokenizer (plain transformers loads them), ``manifest.json``
     (format, stage "prompt-finetune", template, verbaliser, label token ids, dev scores),
     ``dev_metrics.json`` and ``predictions-dev.jsonl``; returns the manifest (plus ``out``)."""
-    from qingbert.models.tokenizer import save_tokenizer
-
     t0 = time.time()
     cfg = config if isinstance(config, PromptConfig) else PromptConfig.from_dict(config)
     if overrides:
@@ -742,8 +725,6 @@ def prompt_predict(folder_or_model: str | Path, texts, template: str | None = No
 
     ``template`` / ``verbalizer`` / ``max_len`` default to those a :func:`prompt_finetune` folder was trained
     with; a plain pretrained MLM needs them given (zero-shot prediction).  Labels are in the verbaliser's order."""
-    from qingbert.tasks.readers import TextExample
-
     model = str(folder_or_model)
     m = read_manifest(model) if Path(model).expanduser().is_dir() else None
     m = m if m and m.get("format") == FORMAT else None
@@ -790,8 +771,6 @@ def predict_task(folder: str | Path, task, out_file: str | Path | None = None, d
 
     Returns ``{"file", "examples", "task", "split", "backend", "scores" (where the split is labelled)}``, as
     :func:`qingbert.finetune.predict` does."""
-    from qingbert.tasks.classification import ClassificationHead
-
     folder = Path(folder)
     m = read_manifest(folder)
     if m is None or m.get("format") != FORMAT:
@@ -817,8 +796,6 @@ def predict_task(folder: str | Path, task, out_file: str | Path | None = None, d
 def format_prompt_scores(r: dict) -> str:
     """One line for the console from :func:`prompt_finetune`'s or :func:`evaluate_prompt`'s result: the
     scores, and how many texts were cut to ``max_len`` (the template never is)."""
-    from qingbert.tasks.finetune import format_scores
-
     if "dev" in r:
         scores, reports = r["dev"], r.get("encode") or {}
     else:

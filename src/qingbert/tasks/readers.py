@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qingbert.data import builtin
+from qingbert.data.corpus import read_utf8
 from qingbert.errors import QingbertError, closest
 
 SPLITS = ("train", "dev", "test")
@@ -144,8 +146,6 @@ def _read_jsonl(path: Path, task: Task):
 
 
 def _read_json(path: Path):
-    from qingbert.data.corpus import read_utf8
-
     text = read_utf8(path)
     try:
         return json.loads(text)
@@ -623,8 +623,6 @@ def _squad_reader(file_candidates: dict):
 
 
 def _builtin_reviews(name: str, data_dir=None) -> Task:
-    from qingbert.data import builtin
-
     task = Task(name=name, type="classification")
     records = {}
     for split in SPLITS:
@@ -661,8 +659,6 @@ def pos_to_spans(words, tags) -> tuple[str, list]:
 
 
 def _builtin_peoples_daily(name: str, data_dir=None) -> Task:
-    from qingbert.data import builtin
-
     task = Task(name=name, type="ner")
     records = {}
     for split in SPLITS:
