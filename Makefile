@@ -8,13 +8,14 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0 -e ".[test]"
+	$(PY) -m pip install --quiet torch==2.13.0 -e ".[all,test]"
 	touch $@
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/qingbert demo
 
 test: $(VENV)/.installed
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed

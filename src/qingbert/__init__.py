@@ -5,11 +5,11 @@ opens any model folder for ``predict`` / ``encode`` on its fastest backend.
 Importing qingbert does not import torch or transformers.
 """
 
-from qingbert.models import zoo
-from qingbert.errors import QingbertError
-from qingbert.deploy.inference import load
 from qingbert.data.prepare import PrepareConfig, load_prepared, prepare
 from qingbert.data.vocab import build_vocab
+from qingbert.deploy.inference import load
+from qingbert.errors import QingbertError
+from qingbert.models import zoo
 
 __version__ = "0.1.0"
 

@@ -28,3 +28,21 @@ def closest(name: str, choices) -> str | None:
         if c.lower() == found[0]:
             return c
     return None
+
+
+#: the optional dependency groups of ``pip install 'qingbert[...]'``: import name -> extra (pyproject.toml)
+EXTRAS = {"onnx": "export", "onnxruntime": "export", "onnxscript": "export", "fastapi": "serve", "uvicorn": "serve",
+          "faiss": "search", "gensim": "macbert", "scipy": "embeddings", "matplotlib": "plots",
+          "sentence_transformers": "embeddings"}
+
+
+def require(module: str, what: str):
+    """Import an optional dependency, or say which extra to install: ``what`` (e.g. "qingbert export") needs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        extra = EXTRAS.get(module.split(".")[0], "all")
+        raise QingbertError(f"{what} needs the '{module.split('.')[0]}' package, which is not installed",
+                            hint=f"pip install 'qingbert[{extra}]'") from None

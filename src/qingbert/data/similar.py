@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from qingbert.data.prepare import load_prepared
-from qingbert.errors import QingbertError
+from qingbert.errors import QingbertError, require
 from qingbert.manifest import SIMILAR_WORDS_FORMAT, fresh_folder, read_manifest, write_manifest
 from qingbert.models.loading import load_tokenizer
 
@@ -168,10 +168,7 @@ def build_similar_words(data_dir, out_dir, *, dim: int = 64, min_count: int = 5,
             raise QingbertError(f"{name} must be an integer >= {lo}, got {v!r}")
     if max_sequences is not None and max_sequences < 1:
         raise QingbertError(f"max_sequences must be at least 1, got {max_sequences}")
-    try:
-        from gensim.models import Word2Vec
-    except ImportError:  # pragma: no cover - gensim is a dependency
-        raise QingbertError("building a similar-word table needs gensim", hint="pip install gensim") from None
+    Word2Vec = require("gensim.models", "building a similar-word table (qingbert similar-words)").Word2Vec
     data_dir, out = Path(data_dir), Path(out_dir)
     t0 = time.time()
     ds = load_prepared(data_dir, "train")  # a clear error if it is not a prepared folder

@@ -28,7 +28,7 @@ import numpy as np
 
 from qingbert.data.corpus import JSONL_SUFFIXES, read_documents
 from qingbert.deploy.inference import load
-from qingbert.errors import QingbertError
+from qingbert.errors import QingbertError, require
 from qingbert.manifest import INDEX_FORMAT, check_out_folder, read_manifest, write_manifest
 
 FORMAT = INDEX_FORMAT
@@ -60,11 +60,7 @@ def embed(model, texts: list[str], batch_size: int = 64, pooling: str = "mean", 
 
 
 def _faiss():
-    try:
-        import faiss
-    except ImportError:  # pragma: no cover - faiss-cpu is a dependency
-        raise QingbertError("semantic search needs the 'faiss-cpu' package", hint="pip install faiss-cpu") from None
-    return faiss
+    return require("faiss", "semantic search (qingbert index)")
 
 
 def _first_line(e: Exception) -> str:

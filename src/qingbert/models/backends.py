@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qingbert.errors import QingbertError
+from qingbert.errors import QingbertError, require
 from qingbert.manifest import FINETUNED_FORMAT, PREPARED_FORMAT, read_manifest
 from qingbert.models.loading import quiet_load
 
@@ -98,8 +98,7 @@ def session_options(threads: int = 0, spin: bool = True):
     (0: one per core), sequential execution.  ``spin=False`` lets idle worker threads sleep instead of
     busy-waiting for the next run: a server between requests leaves the cores to everything else (batch work,
     where runs follow each other, keeps spinning)."""
-    import onnxruntime as ort
-
+    ort = require("onnxruntime", "the ONNX Runtime backends")
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -116,7 +115,7 @@ class OnnxBackend:
     """An ONNX Runtime session on an exported graph (CUDA when onnxruntime-gpu has it, else CPU)."""
 
     def __init__(self, path: str | Path, name: str = "onnx", threads: int = 0, spin: bool = True):
-        import onnxruntime as ort
+        ort = require("onnxruntime", "the ONNX Runtime backends")
 
         path = Path(path)
         if not path.exists():

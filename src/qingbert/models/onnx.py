@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qingbert.errors import QingbertError
+from qingbert.errors import QingbertError, require
 from qingbert.models.backends import HIDDEN, OnnxBackend
 from qingbert.models.loading import quiet_load
 
@@ -61,6 +61,8 @@ def export_module(module, path: Path, output_names: list[str], example: tuple, p
 
     import torch
 
+    require("onnx", "ONNX export")
+    require("onnxscript", "ONNX export")
     inputs = ["input_ids", "attention_mask", "token_type_ids"]
     per_token = set(output_names) if per_token is None else per_token
     axes = {k: {0: "batch", 1: "sequence"} for k in inputs + [n for n in output_names if n in per_token]}
@@ -93,7 +95,7 @@ def export_onnx(folder: Path, path: Path, auto_class: str, outputs: tuple, opset
 
 def optimize_onnx(path: Path, out: Path, model_type: str, num_heads: int, hidden_size: int) -> dict:
     """ONNX Runtime's transformer optimiser (operator fusion); returns the fused operator counts."""
-    from onnxruntime.transformers import optimizer
+    optimizer = require("onnxruntime.transformers.optimizer", "ONNX Runtime's graph optimiser")
 
     ort_type = ORT_MODEL_TYPES.get(model_type)
     if ort_type is None:  # no fusion patterns for this architecture: keep the plain graph
