@@ -84,7 +84,7 @@ def build_models(work: Path) -> dict:
     from transformers.utils import logging as tlog
 
     from qingbert.models import zoo
-    from qingbert.embed import save_sentence_transformers
+    from qingbert.embeddings.st_format import save_sentence_transformers
     from qingbert.deploy.export import export
     from qingbert.data.vocab import build_vocab
     from qingbert.models.loading import load_tokenizer
@@ -636,12 +636,12 @@ def parse_args(argv=None):
     ap.add_argument("--encode-batch", type=int, default=None, help="default: qingbert serve's own (ServeConfig)")
     ap.add_argument("--st-child", nargs=4, metavar=("ST_DIR", "SENTENCES", "THREADS", "SECONDS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    from qingbert.serve import resolve_workers
+    from qingbert.serve.workers import resolve_workers
 
     # `auto`: what `qingbert serve --workers auto` picks (one process per core, 1 thread, encode_batch 1)
     args.workers, args.threads, args.encode_batch = resolve_workers(args.workers, args.threads, args.encode_batch)
     if args.max_wait_ms is None:
-        from qingbert.serve import ServeConfig
+        from qingbert.serve.config import ServeConfig
 
         args.max_wait_ms = ServeConfig().max_wait_ms
     q = args.quick

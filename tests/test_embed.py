@@ -12,9 +12,12 @@ import torch
 from scipy.stats import spearmanr
 
 from qingbert.data.text import clean_text
-from qingbert.embed import (
-    SentenceEncoder, TruncationWarning, add_cli, cosent_loss, evaluate_sts, fit_whitening, folder_settings,
-    info_nce, run_cli, train_simcse, whiten_model)
+from qingbert.embeddings.commands import add_cli, run_cli
+from qingbert.embeddings.encoder import SentenceEncoder, TruncationWarning
+from qingbert.embeddings.simcse import cosent_loss, info_nce, train_simcse
+from qingbert.embeddings.st_format import folder_settings
+from qingbert.embeddings.sts import evaluate_sts
+from qingbert.embeddings.whitening import fit_whitening, whiten_model
 from qingbert.errors import QingbertError
 
 from .conftest import run_without_qingbert

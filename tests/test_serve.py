@@ -17,7 +17,13 @@ from qingbert.data.builtin import reviews
 from qingbert.data.text import clean_text
 from qingbert.errors import QingbertError
 from qingbert.deploy.inference import load
-from qingbert.serve import Batcher, Histogram, Metrics, ServeConfig, add_cli, detokenize, running_server
+from qingbert.serve.app import app_from_env
+from qingbert.serve.batcher import Batcher
+from qingbert.serve.commands import add_cli
+from qingbert.serve.config import ServeConfig
+from qingbert.serve.metrics import Histogram, Metrics
+from qingbert.serve.validation import detokenize
+from qingbert.serve.workers import listen_socket, resolve_workers, running_server
 
 TEXTS = [t.strip() for t, _ in reviews("dev") if len(t.strip()) <= 150][:40]  # within max_chars below
 LIMITS = dict(max_texts=8, max_chars=200, max_body_bytes=16 * 1024, max_wait_ms=20.0)
@@ -388,8 +394,6 @@ def test_api_key(tiny_model):
 def test_app_factory_from_environment(tiny_model, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from qingbert.serve import app_from_env
-
     monkeypatch.setenv("QINGBERT_SERVE", json.dumps({"model_dir": str(tiny_model), "config": {"max_texts": 2}}))
     monkeypatch.setenv("QINGBERT_API_KEY", "k")
     with TestClient(app_from_env()) as c:
@@ -407,8 +411,6 @@ def test_cli_flags():
     assert (args.model, args.port, args.api_key, args.index, args.max_batch, args.max_wait_ms, args.workers) == \
         ("M", 9001, "k", "I", 8, 2.0, "2")
     assert args.host == "127.0.0.1" and callable(args.run_cli)
-    from qingbert.serve import resolve_workers
-
     assert resolve_workers(args.workers, args.threads, args.encode_batch) == (2, 0, ServeConfig().encode_batch)
     cores = len(os.sched_getaffinity(0))
     assert resolve_workers("auto", 0, None) == (cores, 1, 1)
@@ -435,9 +437,7 @@ def test_worker_listener_gives_keep_alive_connections_tcp_nodelay():
     waits ~40 ms for a delayed ACK)."""
     import socket
 
-    from qingbert.serve import _listen_socket
-
-    sock = _listen_socket("127.0.0.1", 0)
+    sock = listen_socket("127.0.0.1", 0)
     seen = {}
 
     async def main():
@@ -462,7 +462,7 @@ def test_worker_listener_gives_keep_alive_connections_tcp_nodelay():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         try:
-            _listen_socket("127.0.0.1", taken.getsockname()[1])
+            listen_socket("127.0.0.1", taken.getsockname()[1])
         finally:
             taken.close()
 

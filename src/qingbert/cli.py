@@ -319,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # embeddings (encode, whiten, simcse, eval-sts), semantic search (index) and serving (serve): their stage modules
     # define their own verbs
-    from qingbert import embed, serve
+    from qingbert.embeddings import commands as embed
+    from qingbert.serve import commands as serve
     from qingbert.deploy import index, prune
     from qingbert.data import similar
 
@@ -357,7 +358,7 @@ def _load_recipe(path: str | None) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from qingbert import embed
+    from qingbert.embeddings import commands as embed
 
     if args.verb in embed.VERBS:
         return embed.run_cli(args)

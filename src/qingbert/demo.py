@@ -203,7 +203,7 @@ def serve_section(out: Path, corpus_size: int = 2000) -> dict:
 
     from qingbert.data.builtin import reviews
     from qingbert.deploy.index import build_index
-    from qingbert.serve import running_server
+    from qingbert.serve.workers import running_server
 
     model = out / "distill" / "reviews-sentiment"
     _section("serve: the distilled sentiment student over HTTP (encode, classify, search the built-in reviews)")

@@ -28,7 +28,7 @@ BENCH_RUN_FORMAT = "qingbert.bench-run/1"  # bench: one fine-tuning run of it
 _LIBS = ("torch", "transformers", "tokenizers", "datasets", "accelerate", "rjieba", "jieba")
 
 
-def _versions() -> dict:
+def versions() -> dict:
     out = {}
     for lib in ("qingbert",) + _LIBS:
         try:
@@ -55,7 +55,7 @@ def write_manifest(folder: str | Path, record: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     full = dict(record)
     full.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    full.setdefault("versions", _versions())
+    full.setdefault("versions", versions())
     full.setdefault("machine", {"python": platform.python_version(), "platform": platform.platform(),
                                 "cpus": os.cpu_count()})
     full.setdefault("command", " ".join(sys.argv))

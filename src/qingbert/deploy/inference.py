@@ -25,7 +25,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from qingbert.data.text import split_pair
-from qingbert.embed import NEEDS_TORCH, SentenceEncoder, canonical_pooling
+from qingbert.embeddings.encoder import SentenceEncoder
+from qingbert.embeddings.pooling import NEEDS_TORCH, canonical_pooling
 from qingbert.errors import QingbertError
 from qingbert.models.backends import describe, hf_labels, open_backend
 from qingbert.models.loading import load_tokenizer
@@ -169,9 +170,9 @@ class Model:
     def encode(self, texts, batch_size: int = 32, pooling: str = "mean", normalize: bool = False) -> np.ndarray:
         """Sentence vectors: a ``str`` gives a 1-D float32 array, a list an ``(n, hidden)`` one.
 
-        The work is :class:`qingbert.embed.SentenceEncoder`'s on this model's backend (one encoder in qingbert):
-        ``pooling`` is any last-layer pooling it has (``mean`` over real tokens, [CLS]/[SEP] included, ``cls``,
-        ``max``, ``mean-max``); texts are cleaned like the training text and cut at ``max_len`` tokens, counted
+        The work is :class:`qingbert.embeddings.encoder.SentenceEncoder`'s on this model's backend (one encoder in
+        qingbert): ``pooling`` is any last-layer pooling it has (``mean`` over real tokens, [CLS]/[SEP] included,
+        ``cls``, ``max``, ``mean-max``); texts are cleaned like the training text and cut at ``max_len`` tokens, counted
         and warned about (:attr:`last_lengths` / :attr:`last_truncated` of :meth:`sentence_encoder`)."""
         enc = self.sentence_encoder(pooling)
         single = isinstance(texts, str)
@@ -182,11 +183,13 @@ class Model:
         return vecs[0] if single else vecs
 
     def sentence_encoder(self, pooling: str = "mean"):
-        """The :class:`qingbert.embed.SentenceEncoder` of this model for ``pooling``, sharing its backend."""
+        """The :class:`qingbert.embeddings.encoder.SentenceEncoder` of this model for ``pooling``, sharing its
+        backend."""
         name = canonical_pooling(pooling)
         if name in NEEDS_TORCH or name == "none":
             raise QingbertError(f"pooling '{pooling}' is not a sentence vector of the last layer",
-                                hint="mean, cls, max or mean-max; other poolings: qingbert.embed.SentenceEncoder")
+                                hint="mean, cls, max or mean-max; other poolings: "
+                                     "qingbert.embeddings.encoder.SentenceEncoder")
         cache = self.__dict__.setdefault("_encoders", {})
         if name not in cache:
             cache[name] = SentenceEncoder(self.folder, pooling=name, max_len=self.cfg.max_len, whitening=False,

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from qingbert.errors import QingbertError
-from qingbert.manifest import _versions, atomic_write_text
+from qingbert.manifest import versions, atomic_write_text
 from qingbert.models import zoo
 from qingbert.models.backends import ONNX_FILES, describe, open_backend
 from qingbert.models.onnx import export_onnx, optimize_onnx, quantize_int8, random_inputs, time_runner
@@ -165,7 +165,7 @@ def speed(config: SpeedConfig | dict | None = None, progress=print) -> dict:
            "models": records, "elapsed_s": round(time.time() - t0, 1)}
     _speedups(res, cfg)
 
-    res["versions"] = _versions()
+    res["versions"] = versions()
     try:
         import onnxruntime
 

@@ -1,0 +1,171 @@
+"""The embeddings verbs of the command line: ``encode``, ``whiten``, ``simcse`` and ``eval-sts``.
+
+``qingbert.cli`` wires them in: :func:`add_cli` (``subparsers``) adds the verbs, :func:`run_cli` (``args``) runs
+one.  Building the parser must not import torch or transformers, so this module and what it imports at the top
+keep them lazy; SimCSE training (which imports torch at its top) is imported when the verb runs.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from qingbert.data.corpus import input_lines
+from qingbert.embeddings.encoder import SentenceEncoder, TruncationWarning
+from qingbert.embeddings.inputs import task_pairs
+from qingbert.embeddings.sts import evaluate_sts
+from qingbert.embeddings.whitening import whiten_model
+from qingbert.errors import QingbertError
+
+VERBS = {
+    "encode": "sentence vectors of texts (--text / --input FILE) -> .npy, with any pooling",
+    "whiten": "fit BERT-whitening on a corpus; write the model + whitening (sentence-transformers layout)",
+    "simcse": "SimCSE: unsupervised on a corpus, or supervised on a pair task (CoSENT); sentence-transformers "
+              "layout",
+    "eval-sts": "Spearman correlation of cosine similarity with the labels of a sentence-pair task",
+}
+
+
+def _add_encoder_args(p, pooling_default=None) -> None:
+    p.add_argument("--model", required=True, help="model folder")
+    p.add_argument("--pooling", default=pooling_default,
+                   help="mean, cls, max, first-last-avg, last-avg, pooler, REDUCE_MEAN, REDUCE_MAX, REDUCE_MEAN_MAX, "
+                        "CLS_TOKEN (default: the folder's own, else mean)")
+    p.add_argument("--pooling-layer", type=int, default=None, help="layer to pool, -1 = last (default), -2 ...")
+    p.add_argument("--max-len", type=int, default=None, help="tokens per text (default: the folder's / model's)")
+    p.add_argument("--batch-size", type=int, default=64, help="texts per batch (default 64)")
+
+
+def add_cli(subparsers) -> None:
+    """Add the verbs ``encode``, ``whiten``, ``simcse`` and ``eval-sts`` to an argparse subparsers object."""
+    p = subparsers.add_parser("encode", help=VERBS["encode"], description=VERBS["encode"])
+    _add_encoder_args(p)
+    p.add_argument("--text", action="append", default=None, help="a text (repeatable); 'a ||| b' is a pair")
+    p.add_argument("--input", default=None, help="UTF-8 file, one text per line ('-' = stdin); one row per line")
+    p.add_argument("--out", default=None, help="write the vectors to this .npy file (default: print JSON lines)")
+    p.add_argument("--normalize", action="store_true", help="L2-normalise the vectors")
+    p.add_argument("--backend", default=None, help="torch, onnx or onnx-int8 (default: the fastest present)")
+    p.add_argument("--strict-length", action="store_true", help="fail on texts longer than --max-len instead of "
+                                                                "truncating them with a warning")
+
+    p = subparsers.add_parser("whiten", help=VERBS["whiten"], description=VERBS["whiten"])
+    _add_encoder_args(p)
+    p.add_argument("--corpus", required=True, help="UTF-8 text file, one sentence per line")
+    p.add_argument("--out", required=True, help="output folder (model + whitening)")
+    p.add_argument("--n-components", type=int, default=None, help="keep the first K dimensions (default: all)")
+
+    p = subparsers.add_parser("simcse", help=VERBS["simcse"], description=VERBS["simcse"])
+    p.add_argument("--model", required=True, help="model folder to start from")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--corpus", default=None, help="unsupervised: UTF-8 text file, one sentence per line")
+    src.add_argument("--task", default=None, help="supervised: a sentence-pair task (lcqmc, bq, afqmc ...)")
+    p.add_argument("--data", default=None, help="the task's folder (default $QINGBERT_TASK_DIR/<task>)")
+    p.add_argument("--split", default="train", help="task split to train on (default train)")
+    p.add_argument("--out", required=True, help="output folder (sentence-transformers layout)")
+    p.add_argument("--temperature", type=float, default=None, help="InfoNCE temperature (default 0.05)")
+    p.add_argument("--pooling", default=None, help="mean (default), cls, max or mean-max")
+    p.add_argument("--sup-loss", default=None, help="supervised: cosent (default), in-batch or both")
+    p.add_argument("--max-len", type=int, default=None, help="tokens per sentence (default 64)")
+    for name, typ, hlp in (("max-steps", int, "optimizer steps (overrides --epochs)"),
+                           ("epochs", float, "passes over the data (default 1)"),
+                           ("batch-size", int, "sentences (pairs) per step (default 64)"),
+                           ("lr", float, "peak learning rate (default 3e-5)"),
+                           ("seed", int, "random seed (default 42)"),
+                           ("save-every", int, "checkpoint every N steps (default 0 = never)")):
+        p.add_argument("--" + name, type=typ, default=None, help=hlp)
+
+    p = subparsers.add_parser("eval-sts", help=VERBS["eval-sts"], description=VERBS["eval-sts"])
+    _add_encoder_args(p)
+    p.add_argument("--task", required=True, help="lcqmc, bq, afqmc (or another pair task with numeric labels)")
+    p.add_argument("--data", default=None, help="the task's folder (default $QINGBERT_TASK_DIR/<task>)")
+    p.add_argument("--split", default="dev", help="split to evaluate (default dev)")
+    p.add_argument("--backend", default=None, help="torch, onnx or onnx-int8 (default: the fastest present)")
+
+
+def _read_inputs(args) -> list[str]:
+    texts, empty = input_lines(args.text, args.input)
+    if empty:
+        print(f"note: {args.input} has {empty} empty lines, encoded as empty texts (one row per line)")
+    if not texts:
+        raise QingbertError("nothing to encode: give --text or --input")
+    return texts
+
+
+def _run_encode(args) -> int:
+    enc = SentenceEncoder(args.model, pooling=args.pooling, pooling_layer=args.pooling_layer, max_len=args.max_len,
+                          backend=args.backend, truncation="raise" if args.strict_length else "warn")
+    if enc.pooling == "none":
+        raise QingbertError("the encode command writes sentence vectors; pooling NONE (token vectors) is for the "
+                            "Python API", hint="use mean, cls, max ...")
+    texts = _read_inputs(args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)
+        vecs = enc.encode(texts, batch_size=args.batch_size, normalize_embeddings=args.normalize)
+    if enc.last_truncated:
+        print(f"note: {enc.last_truncated} of {len(texts)} texts were longer than {enc.max_len} tokens and were "
+              "truncated (--max-len, --strict-length)")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp.npy")
+        np.save(tmp, vecs)
+        tmp.replace(out)
+        print(f"wrote {out}: {vecs.shape[0]} x {vecs.shape[1]} float32 ({enc.pooling} pooling, backend "
+              f"{enc.backend})")
+    else:
+        for v in vecs:
+            print(json.dumps([round(float(x), 6) for x in v]))
+    return 0
+
+
+def _run_whiten(args) -> int:
+    r = whiten_model(args.model, args.corpus, args.out, n_components=args.n_components, pooling=args.pooling,
+                     pooling_layer=args.pooling_layer, max_len=args.max_len, batch_size=args.batch_size)
+    print(f"{r['file']}: {r['sentences']} sentences ({r['empty']} empty lines skipped)"
+          + (f", {r['truncated']} truncated" if r["truncated"] else ""))
+    print(f"whitening: {r['n_components']} dimensions; wrote {r['out']}"
+          + ("" if r["sentence_transformers"] else f"\nnote: {r['note']}"))
+    return 0
+
+
+def _run_simcse(args) -> int:
+    from qingbert.embeddings.simcse import train_simcse  # imports torch: not when the parser is built
+
+    d = {}
+    for key in ("temperature", "pooling", "sup_loss", "max_len", "max_steps", "epochs", "batch_size", "lr", "seed",
+                "save_every"):
+        v = getattr(args, key)
+        if v is not None:
+            d[key] = v
+    if args.corpus:
+        r = train_simcse(args.model, args.out, texts=args.corpus, config=d)
+    else:
+        pairs, info = task_pairs(args.task, args.data, args.split)
+        r = train_simcse(args.model, args.out, pairs=pairs, config=d)
+    print(f"{r['objective']}: {r['steps']} steps, loss {r['first_loss']:.4f} -> {r['final_loss']:.4f}")
+    print(f"wrote {r['out']} (loads with sentence_transformers.SentenceTransformer)")
+    return 0
+
+
+def _run_eval_sts(args) -> int:
+    r = evaluate_sts(args.model, task=args.task, data_dir=args.data, split=args.split, batch_size=args.batch_size,
+                     pooling=args.pooling, pooling_layer=args.pooling_layer, max_len=args.max_len,
+                     backend=args.backend)
+    print(f"{r['task']} {r['split']}: Spearman {r['spearman']:.2f}, Pearson {r['pearson']:.2f} "
+          f"({r['pairs']} pairs, {r['pooling']} pooling, backend {r['backend']})")
+    return 0
+
+
+def run_cli(args) -> int:
+    """Run one of the verbs added by :func:`add_cli` (``args.verb``); user errors raise QingbertError."""
+    runners = {"encode": _run_encode, "whiten": _run_whiten, "simcse": _run_simcse, "eval-sts": _run_eval_sts}
+    verb = getattr(args, "verb", None)
+    if verb not in runners:
+        raise QingbertError(f"not an embeddings verb: {verb!r}", hint="encode, whiten, simcse or eval-sts")
+    return runners[verb](args)
+
+
+__all__ = ["VERBS", "add_cli", "run_cli"]
