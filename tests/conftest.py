@@ -77,7 +77,7 @@ def run_cli(*args, cwd=None, timeout=None) -> subprocess.CompletedProcess:
     import contextlib
     import io
 
-    from qingbert.cli import main
+    from qingbert.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")}

@@ -1,6 +1,5 @@
 """Sentence embeddings: pooling, truncation, whitening, SimCSE, STS evaluation, the sentence-transformers layout."""
 
-import argparse
 import json
 import math
 import shutil
@@ -12,7 +11,7 @@ import torch
 from scipy.stats import spearmanr
 
 from qingbert.data.text import clean_text
-from qingbert.embeddings.commands import add_cli, run_cli
+from qingbert.cli.main import build_parser
 from qingbert.embeddings.encoder import SentenceEncoder, TruncationWarning
 from qingbert.embeddings.simcse import cosent_loss, info_nce, train_simcse
 from qingbert.embeddings.st_format import folder_settings
@@ -372,24 +371,27 @@ def test_spearman_on_lcqmc_file(bert_dir, sentences, tmp_path):
         evaluate_sts(enc, task="lcqmc", data_dir=bad)
 
 
+def run_verb(args):
+    return args.run(args)
+
+
 def test_cli_verbs(bert_dir, sentences, tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="verb"))
+    parser = build_parser()
     out = tmp_path / "v.npy"
     args = parser.parse_args(["encode", "--model", str(bert_dir), "--text", TEXTS[0], "--text", "今天 ||| 明天",
                               "--out", str(out), "--pooling", "cls"])
-    assert run_cli(args) == 0
+    assert args.run(args) == 0
     np.testing.assert_allclose(np.load(out), SentenceEncoder(bert_dir, pooling="cls")
                                .encode([TEXTS[0], "今天 ||| 明天"]), atol=1e-6)
     data = _lcqmc(tmp_path / "lcqmc", [(s, s, 1) for s in sentences[:4]] +
                   [(s, t, 0) for s, t in zip(sentences[4:8], sentences[120:124])])
-    assert run_cli(parser.parse_args(["eval-sts", "--model", str(bert_dir), "--task", "lcqmc", "--data",
+    assert run_verb(parser.parse_args(["eval-sts", "--model", str(bert_dir), "--task", "lcqmc", "--data",
                                       str(data)])) == 0
     assert "lcqmc dev: Spearman" in capsys.readouterr().out
     corpus = tmp_path / "c.txt"
     corpus.write_text("一\n二\n", encoding="utf-8")
     with pytest.raises(QingbertError, match="2 usable lines"):
-        run_cli(parser.parse_args(["whiten", "--model", str(bert_dir), "--corpus", str(corpus), "--out",
+        run_verb(parser.parse_args(["whiten", "--model", str(bert_dir), "--corpus", str(corpus), "--out",
                                    str(tmp_path / "w")]))
     with pytest.raises(QingbertError, match="too small"):
-        run_cli(parser.parse_args(["encode", "--model", str(bert_dir), "--text", "x", "--max-len", "2"]))
+        run_verb(parser.parse_args(["encode", "--model", str(bert_dir), "--text", "x", "--max-len", "2"]))

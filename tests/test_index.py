@@ -1,6 +1,5 @@
 """Semantic search index: build, reload, query by vector and by text, factories, errors, CLI."""
 
-import argparse
 import json
 
 import numpy as np
@@ -8,7 +7,8 @@ import pytest
 
 from qingbert.data.builtin import reviews
 from qingbert.errors import QingbertError
-from qingbert.deploy.index import add_cli, build_index, embed, load_index, run_cli
+from qingbert.cli.main import build_parser
+from qingbert.deploy.index import build_index, embed, load_index
 from qingbert.data.corpus import read_corpus
 
 N = 50
@@ -137,18 +137,17 @@ def test_bad_corpus_factory_and_out(tiny_model, corpus, model, flat, tmp_path):
 
 
 def test_cli_build_and_query(tiny_model, corpus, tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="qingbert")
-    add_cli(parser.add_subparsers(dest="verb"))
+    parser = build_parser()
     out = tmp_path / "cli-index"
     args = parser.parse_args(["index", "build", "--model", str(tiny_model), "--corpus", str(corpus[0]),
                               "--out", str(out), "--factory", "HNSW32"])
-    assert args.run_cli(args) == 0
+    assert args.run(args) == 0
     printed = capsys.readouterr().out
     assert "50 texts" in printed and "3 empty lines skipped" in printed
     query = corpus[1][12]
     args = parser.parse_args(["index", "query", "--index", str(out), "--text", query, "--text", corpus[1][1],
                               "--k", "2"])
-    assert run_cli(args) == 0
+    assert args.run(args) == 0
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert len(rows) == 4 and rows[0]["query"] == query and rows[0]["rank"] == 1
     assert rows[0]["text"] == query and rows[0]["id"] == 12 and rows[2]["id"] == 1

@@ -321,19 +321,16 @@ def test_sop_loss_with_single_text_batch_and_head_transfer():
 
 
 def test_cli_builds_and_refuses_to_overwrite(small_prepared, tmp_path, capsys):
-    import argparse
+    from qingbert.cli.main import build_parser
 
-    from qingbert.data.similar import add_cli
-
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="verb"))
+    parser = build_parser()
     argv = ["similar-words", str(small_prepared), "--out", str(tmp_path / "t"), "--dim", "8", "--min-count", "2",
             "--top-k", "3", "--epochs", "1", "--max-sequences", "300", "--workers", "1"]
     args = parser.parse_args(argv)
-    assert args.run_cli(args) == 0
+    assert args.run(args) == 0
     assert "wrote" in capsys.readouterr().out
     assert load_similar_words(tmp_path / "t").manifest["settings"]["top_k"] == 3
     with pytest.raises(QingbertError, match="not empty"):
-        args.run_cli(args)
+        args.run(args)
     args = parser.parse_args(argv + ["--overwrite"])
-    assert args.run_cli(args) == 0
+    assert args.run(args) == 0

@@ -294,7 +294,7 @@ def test_bad_input_is_refused_before_training(tok_and_model, sentiment_dir, tmp_
 
 def test_cli_finetune_prompt_few_shot_and_flag_errors(tok_and_model, sentiment_dir, tmp_path, capsys):
     """`qingbert finetune --prompt ... --verbalizer ... --train-examples 16` runs PET; a half-given pair is refused."""
-    from qingbert.cli import main
+    from qingbert.cli.main import main
 
     _, folder = tok_and_model
     out = tmp_path / "cli-pet"

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from qingbert.cli.deploy import run_prune_vocab
+from qingbert.cli.main import build_parser
 from qingbert.data import builtin
 from qingbert.data.text import clean_text
+from qingbert.deploy.prune import _specials, _tried_pieces, prune_summary, prune_vocab, read_keep
 from qingbert.errors import QingbertError
-from qingbert.deploy.prune import _specials, _tried_pieces, add_cli, prune_summary, prune_vocab, read_keep, run_cli
 
 from .conftest import run_without_qingbert
 
@@ -144,8 +146,12 @@ def test_pruned_folder_loads_without_qingbert(pruned, mlm_dir, corpus_file, tmp_
 
 
 def test_classification_folder_keeps_its_manifest(tiny_tokenizer_dir, corpus_file, tmp_path):
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
-                              BertForSequenceClassification)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        BertConfig,
+        BertForSequenceClassification,
+    )
 
     from qingbert.manifest import write_manifest
     from qingbert.models.loading import load_tokenizer
@@ -176,9 +182,8 @@ def test_classification_folder_keeps_its_manifest(tiny_tokenizer_dir, corpus_fil
 
 
 def test_cli_keeps_user_tokens_with_min_count(pruned, mlm_dir, corpus_file, tmp_path, capsys):
-    """``qingbert prune-vocab`` (through add_cli / run_cli): --keep file tokens survive even unused, unknown ones are
+    """``qingbert prune-vocab`` (through the command line's parser): --keep file tokens survive even unused, unknown ones are
     reported, --min-count drops rare corpus tokens."""
-    import argparse
 
     from transformers import AutoTokenizer
 
@@ -188,11 +193,9 @@ def test_cli_keeps_user_tokens_with_min_count(pruned, mlm_dir, corpus_file, tmp_
     dropped = [t for t, i in sorted(old.get_vocab().items(), key=lambda kv: kv[1]) if i not in kept]
     keep_file = tmp_path / "keep.txt"
     keep_file.write_text(f"{dropped[0]}\n\n{dropped[1]}\nNOT-A-TOKEN\n", encoding="utf-8")
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="verb"))
-    args = parser.parse_args(["prune-vocab", str(mlm_dir), "--corpus", str(corpus_file), "--out", str(tmp_path / "o"),
+    args = build_parser().parse_args(["prune-vocab", str(mlm_dir), "--corpus", str(corpus_file), "--out", str(tmp_path / "o"),
                               "--keep", str(keep_file), "--min-count", "3"])
-    assert args.run_cli is run_cli and args.run_cli(args) == 0
+    assert args.run is run_prune_vocab and args.run(args) == 0
     printed = capsys.readouterr().out
     assert f"vocab: {len(old):,} ->" in printed and "NOT-A-TOKEN" in printed and "min-count 3" in printed
     new = AutoTokenizer.from_pretrained(str(tmp_path / "o"))

@@ -1,6 +1,5 @@
 """HTTP serving: every endpoint against the model API, bad input -> 4xx JSON, micro-batching, API key."""
 
-import argparse
 import asyncio
 import base64
 import json
@@ -13,13 +12,13 @@ import httpx
 import numpy as np
 import pytest
 
+from qingbert.cli.main import build_parser
 from qingbert.data.builtin import reviews
 from qingbert.data.text import clean_text
-from qingbert.errors import QingbertError
 from qingbert.deploy.inference import load
+from qingbert.errors import QingbertError
 from qingbert.serve.app import app_from_env
 from qingbert.serve.batcher import Batcher
-from qingbert.serve.commands import add_cli
 from qingbert.serve.config import ServeConfig
 from qingbert.serve.metrics import Histogram, Metrics
 from qingbert.serve.validation import detokenize
@@ -404,13 +403,11 @@ def test_app_factory_from_environment(tiny_model, monkeypatch):
 
 
 def test_cli_flags():
-    parser = argparse.ArgumentParser(prog="qingbert")
-    add_cli(parser.add_subparsers(dest="verb"))
-    args = parser.parse_args(["serve", "M", "--port", "9001", "--api-key", "k", "--index", "I", "--max-batch", "8",
+    args = build_parser().parse_args(["serve", "M", "--port", "9001", "--api-key", "k", "--index", "I", "--max-batch", "8",
                               "--max-wait-ms", "2", "--workers", "2"])
     assert (args.model, args.port, args.api_key, args.index, args.max_batch, args.max_wait_ms, args.workers) == \
         ("M", 9001, "k", "I", 8, 2.0, "2")
-    assert args.host == "127.0.0.1" and callable(args.run_cli)
+    assert args.host == "127.0.0.1" and callable(args.run)
     assert resolve_workers(args.workers, args.threads, args.encode_batch) == (2, 0, ServeConfig().encode_batch)
     cores = len(os.sched_getaffinity(0))
     assert resolve_workers("auto", 0, None) == (cores, 1, 1)

@@ -1,5 +1,5 @@
 import sys
 
-from qingbert.cli import main
+from qingbert.cli.main import main
 
 sys.exit(main())

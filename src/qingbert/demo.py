@@ -48,10 +48,10 @@ def _section(title: str) -> None:
 
 
 def demo(out: str | Path = "demo-output", examples: int = 4, seed: int = 0, steps: int | None = None) -> dict:
-    from qingbert.models import zoo
     from qingbert.data.prepare import load_prepared, prepare, prepare_summary
-    from qingbert.models.loading import load_tokenizer
     from qingbert.data.wwm import sample_word_mask, show_masked
+    from qingbert.models import zoo
+    from qingbert.models.loading import load_tokenizer
 
     t0 = time.time()
     out = Path(out)

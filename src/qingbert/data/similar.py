@@ -310,9 +310,6 @@ def load_similar_words(path, tokenizer=None) -> SimilarWords:
 # ---------------------------------------------------------------------------
 # Command line
 
-VERBS = {"similar-words": "build the MacBERT similar-word table (Word2Vec over a prepared corpus, same-length "
-                          "neighbours)"}
-
 
 def similar_words_summary(r: dict) -> str:
     lens = ", ".join(f"{k} token{'s' if k != '1' else ''}: {v['with_candidates']:,}"
@@ -326,33 +323,5 @@ def similar_words_summary(r: dict) -> str:
     return "\n".join(lines)
 
 
-def add_cli(subparsers) -> None:
-    """Add the ``similar-words`` verb to an argparse subparsers object."""
-    help_ = VERBS["similar-words"]
-    p = subparsers.add_parser("similar-words", help=help_, description=help_)
-    p.add_argument("data", metavar="DATA", help="a prepared folder (qingbert prepare)")
-    p.add_argument("--out", required=True, help="output folder (table.npz + manifest.json)")
-    p.add_argument("--dim", type=int, default=64, help="word vector size (default 64)")
-    p.add_argument("--min-count", type=int, default=5, help="words seen fewer times get no table entry (default 5)")
-    p.add_argument("--top-k", type=int, default=10, help="similar words kept per word (default 10)")
-    p.add_argument("--epochs", type=int, default=5, help="Word2Vec passes over the data (default 5)")
-    p.add_argument("--max-sequences", type=int, default=None, help="read at most N train sequences (default all)")
-    p.add_argument("--workers", type=int, default=0, help="Word2Vec threads (default: one per CPU core)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing table folder")
-    p.set_defaults(run_cli=run_cli)
-
-
-def run_cli(args) -> int:
-    """Run ``qingbert similar-words`` from parsed arguments; returns the exit status."""
-    if getattr(args, "verb", "similar-words") != "similar-words":
-        raise QingbertError(f"not a macbert verb: {args.verb!r}", hint="similar-words")
-    r = build_similar_words(args.data, args.out, dim=args.dim, min_count=args.min_count, top_k=args.top_k,
-                            epochs=args.epochs, max_sequences=args.max_sequences, workers=args.workers,
-                            overwrite=args.overwrite)
-    print(similar_words_summary(r))
-    print(f"wrote {args.out} (pretrain with objective macbert, similar_words: {args.out})")
-    return 0
-
-
 __all__ = ["SimilarWords", "build_similar_words", "load_similar_words", "vocab_fingerprint", "similar_words_summary",
-           "add_cli", "run_cli", "FORMAT", "VERBS"]
+           "FORMAT"]

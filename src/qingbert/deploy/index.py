@@ -290,57 +290,5 @@ def load_index(folder: str | Path, encoder=None, backend: str | None = None, npr
 # ---------------------------------------------------------------------------
 # command line (wired into ``qingbert`` by cli.py: ``add_cli(sub)`` and ``run_cli(args)``)
 
-HELP = "semantic search: build a faiss index of a corpus's sentence vectors, or query one"
 
-
-def add_cli(subparsers) -> None:
-    """Add the ``index`` verb (``index build`` / ``index query``) to ``qingbert``'s subparsers."""
-    p = subparsers.add_parser("index", help=HELP, description=HELP)
-    sub = p.add_subparsers(dest="index_verb", metavar="ACTION", required=True)
-    b = sub.add_parser("build", help="encode a corpus (one text per line) and write an index folder",
-                       description="encode a corpus (one text per line) and write an index folder: index.faiss, "
-                                   "texts.jsonl, manifest.json")
-    b.add_argument("--model", required=True, help="model folder (any qingbert.load folder)")
-    b.add_argument("--corpus", required=True, help="UTF-8 text file, one text per line (empty lines are skipped), "
-                                                    "or a .jsonl file of objects with a text field")
-    b.add_argument("--text-field", default="text", help="the text field of a .jsonl corpus (default text)")
-    b.add_argument("--out", required=True, help="index folder to write")
-    b.add_argument("--factory", default="Flat",
-                   help="faiss index factory string: Flat (exact, default), HNSW32, IVF<lists>,Flat, IVF<lists>,PQ<m>")
-    b.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default 64)")
-    b.add_argument("--pooling", default="mean", choices=POOLINGS, help="sentence vector pooling (default mean)")
-    b.add_argument("--backend", default=None, help="torch, onnx or onnx-int8 (default: the fastest in the folder)")
-    b.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
-    q = sub.add_parser("query", help="print the nearest corpus texts of a query as JSON lines",
-                       description="print the nearest corpus texts of each query as JSON lines "
-                                   "{query, rank, id, text, score}")
-    q.add_argument("--index", required=True, help="index folder written by `qingbert index build`")
-    q.add_argument("--text", action="append", required=True, help="query text (repeat for several)")
-    q.add_argument("--k", type=int, default=5, help="hits per query (default 5)")
-    q.add_argument("--model", default=None, help="model folder for the queries (default: the one the index names)")
-    q.add_argument("--backend", default=None, help="torch, onnx or onnx-int8 (default: the fastest)")
-    p.set_defaults(run_cli=run_cli)
-
-
-def run_cli(args) -> int:
-    """Run ``qingbert index build|query`` from parsed arguments; returns the exit status."""
-    if args.index_verb == "build":
-        r = build_index(args.model, args.corpus, args.out, factory=args.factory, batch_size=args.batch_size,
-                        pooling=args.pooling, backend=args.backend, overwrite=args.overwrite,
-                        text_field=args.text_field)
-        skipped = r["skipped"]["empty_lines"]
-        print(f"wrote {args.out}: {r['count']} texts, dim {r['dim']}, {r['factory']}, "
-              f"{skipped} empty line{'s' if skipped != 1 else ''} skipped, {r['seconds']['total']:.1f} s")
-        return 0
-    encoder = None
-    if args.model:
-        encoder = load(args.model, backend=args.backend)
-    index = load_index(args.index, encoder=encoder, backend=args.backend)
-    for text, hits in zip(args.text, index.search(args.text, k=args.k)):
-        for rank, hit in enumerate(hits, start=1):
-            print(json.dumps({"query": text, "rank": rank, **hit}, ensure_ascii=False))
-    return 0
-
-
-__all__ = ["build_index", "load_index", "SemanticIndex", "embed", "new_index", "train_index",
-           "add_cli", "run_cli", "FORMAT", "INDEX_FILE", "TEXTS_FILE"]
+__all__ = ["build_index", "load_index", "SemanticIndex", "embed", "new_index", "train_index", "FORMAT", "INDEX_FILE", "TEXTS_FILE"]

@@ -62,7 +62,6 @@ from qingbert.models.tokenizer import save_tokenizer
 FORMAT = MODEL_FORMAT
 
 STAGE = "prune-vocab"
-HELP = "drop the tokens a corpus never uses from a model's vocabulary (smaller embeddings, same outputs on it)"
 BATCH = 2048  # texts per tokenizer call between two progress-bar updates
 VERIFY_TEXTS = 4000  # corpus texts kept to check the pruned tokenizer against the old one
 VERIFY_UNK_TEXTS = 2000  # ... plus this many texts with an [UNK] in them (the tricky ones)
@@ -624,30 +623,4 @@ def prune_summary(r: dict) -> str:
 # command line (wired into ``qingbert`` by cli.py: ``add_cli(sub)`` and ``run_cli(args)``)
 
 
-def add_cli(subparsers) -> None:
-    """Add the ``prune-vocab`` verb to ``qingbert``'s subparsers."""
-    p = subparsers.add_parser("prune-vocab", help=HELP, description=HELP + ". Outputs on the corpus stay the same; a "
-                              "text outside it that uses a dropped token reads it as [UNK].")
-    p.add_argument("model", help="a model folder (masked-LM or fine-tuned) or hub id")
-    p.add_argument("--corpus", action="append", required=True,
-                   help="text the model will see: builtin:reviews (optionally :dev/:test/:all), .txt (one text per "
-                        "line), .jsonl, .gz of those, or folders of them; repeatable")
-    p.add_argument("--out", required=True, help="output folder (loads with plain transformers)")
-    p.add_argument("--keep", default=None,
-                   help="tokens to keep whatever the corpus says: a file with one token per line, or a comma list")
-    p.add_argument("--min-count", type=int, default=1,
-                   help="keep tokens the corpus has at least N times (default 1: outputs on the corpus stay exact)")
-    p.add_argument("--text-field", default="text", help="field holding the text in .jsonl files (default: text)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.set_defaults(run_cli=run_cli)
-
-
-def run_cli(args) -> int:
-    """Run ``qingbert prune-vocab`` from parsed arguments; returns the exit status."""
-    r = prune_vocab(args.model, args.corpus, args.out, keep=args.keep, min_count=args.min_count,
-                    overwrite=args.overwrite, text_field=args.text_field)
-    print(prune_summary(r))
-    return 0
-
-
-__all__ = ["prune_vocab", "prune_summary", "read_keep", "add_cli", "run_cli", "FORMAT", "STAGE"]
+__all__ = ["prune_vocab", "prune_summary", "read_keep", "FORMAT", "STAGE"]

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from qingbert.errors import QingbertError
-from qingbert.manifest import versions, atomic_write_text
+from qingbert.manifest import atomic_write_text, versions
 from qingbert.models import zoo
 from qingbert.models.backends import ONNX_FILES, describe, open_backend
 from qingbert.models.onnx import export_onnx, optimize_onnx, quantize_int8, random_inputs, time_runner

@@ -1,8 +1,7 @@
-"""The embeddings verbs of the command line: ``encode``, ``whiten``, ``simcse`` and ``eval-sts``.
+"""The embeddings verbs: ``encode``, ``whiten``, ``simcse`` and ``eval-sts``.
 
-``qingbert.cli`` wires them in: :func:`add_cli` (``subparsers``) adds the verbs, :func:`run_cli` (``args``) runs
-one.  Building the parser must not import torch or transformers, so this module and what it imports at the top
-keep them lazy; SimCSE training (which imports torch at its top) is imported when the verb runs.
+The encoder, whitening and STS modules import torch only when they run, so they are imported here at the top;
+SimCSE training imports torch at its top and is imported when the verb runs.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from qingbert.embeddings.sts import evaluate_sts
 from qingbert.embeddings.whitening import whiten_model
 from qingbert.errors import QingbertError
 
-VERBS = {
+HELP = {
     "encode": "sentence vectors of texts (--text / --input FILE) -> .npy, with any pooling",
     "whiten": "fit BERT-whitening on a corpus; write the model + whitening (sentence-transformers layout)",
     "simcse": "SimCSE: unsupervised on a corpus, or supervised on a pair task (CoSENT); sentence-transformers "
@@ -29,7 +28,7 @@ VERBS = {
 }
 
 
-def _add_encoder_args(p, pooling_default=None) -> None:
+def add_encoder_args(p, pooling_default=None) -> None:
     p.add_argument("--model", required=True, help="model folder")
     p.add_argument("--pooling", default=pooling_default,
                    help="mean, cls, max, first-last-avg, last-avg, pooler, REDUCE_MEAN, REDUCE_MAX, REDUCE_MEAN_MAX, "
@@ -39,10 +38,9 @@ def _add_encoder_args(p, pooling_default=None) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="texts per batch (default 64)")
 
 
-def add_cli(subparsers) -> None:
-    """Add the verbs ``encode``, ``whiten``, ``simcse`` and ``eval-sts`` to an argparse subparsers object."""
-    p = subparsers.add_parser("encode", help=VERBS["encode"], description=VERBS["encode"])
-    _add_encoder_args(p)
+def add_encode(sub) -> None:
+    p = sub.add_parser("encode", help=HELP["encode"], description=HELP["encode"])
+    add_encoder_args(p)
     p.add_argument("--text", action="append", default=None, help="a text (repeatable); 'a ||| b' is a pair")
     p.add_argument("--input", default=None, help="UTF-8 file, one text per line ('-' = stdin); one row per line")
     p.add_argument("--out", default=None, help="write the vectors to this .npy file (default: print JSON lines)")
@@ -50,14 +48,20 @@ def add_cli(subparsers) -> None:
     p.add_argument("--backend", default=None, help="torch, onnx or onnx-int8 (default: the fastest present)")
     p.add_argument("--strict-length", action="store_true", help="fail on texts longer than --max-len instead of "
                                                                 "truncating them with a warning")
+    p.set_defaults(run=run_encode)
 
-    p = subparsers.add_parser("whiten", help=VERBS["whiten"], description=VERBS["whiten"])
-    _add_encoder_args(p)
+
+def add_whiten(sub) -> None:
+    p = sub.add_parser("whiten", help=HELP["whiten"], description=HELP["whiten"])
+    add_encoder_args(p)
     p.add_argument("--corpus", required=True, help="UTF-8 text file, one sentence per line")
     p.add_argument("--out", required=True, help="output folder (model + whitening)")
     p.add_argument("--n-components", type=int, default=None, help="keep the first K dimensions (default: all)")
+    p.set_defaults(run=run_whiten)
 
-    p = subparsers.add_parser("simcse", help=VERBS["simcse"], description=VERBS["simcse"])
+
+def add_simcse(sub) -> None:
+    p = sub.add_parser("simcse", help=HELP["simcse"], description=HELP["simcse"])
     p.add_argument("--model", required=True, help="model folder to start from")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--corpus", default=None, help="unsupervised: UTF-8 text file, one sentence per line")
@@ -76,13 +80,17 @@ def add_cli(subparsers) -> None:
                            ("seed", int, "random seed (default 42)"),
                            ("save-every", int, "checkpoint every N steps (default 0 = never)")):
         p.add_argument("--" + name, type=typ, default=None, help=hlp)
+    p.set_defaults(run=run_simcse)
 
-    p = subparsers.add_parser("eval-sts", help=VERBS["eval-sts"], description=VERBS["eval-sts"])
-    _add_encoder_args(p)
+
+def add_eval_sts(sub) -> None:
+    p = sub.add_parser("eval-sts", help=HELP["eval-sts"], description=HELP["eval-sts"])
+    add_encoder_args(p)
     p.add_argument("--task", required=True, help="lcqmc, bq, afqmc (or another pair task with numeric labels)")
     p.add_argument("--data", default=None, help="the task's folder (default $QINGBERT_TASK_DIR/<task>)")
     p.add_argument("--split", default="dev", help="split to evaluate (default dev)")
     p.add_argument("--backend", default=None, help="torch, onnx or onnx-int8 (default: the fastest present)")
+    p.set_defaults(run=run_eval_sts)
 
 
 def _read_inputs(args) -> list[str]:
@@ -94,7 +102,7 @@ def _read_inputs(args) -> list[str]:
     return texts
 
 
-def _run_encode(args) -> int:
+def run_encode(args) -> int:
     enc = SentenceEncoder(args.model, pooling=args.pooling, pooling_layer=args.pooling_layer, max_len=args.max_len,
                           backend=args.backend, truncation="raise" if args.strict_length else "warn")
     if enc.pooling == "none":
@@ -121,7 +129,7 @@ def _run_encode(args) -> int:
     return 0
 
 
-def _run_whiten(args) -> int:
+def run_whiten(args) -> int:
     r = whiten_model(args.model, args.corpus, args.out, n_components=args.n_components, pooling=args.pooling,
                      pooling_layer=args.pooling_layer, max_len=args.max_len, batch_size=args.batch_size)
     print(f"{r['file']}: {r['sentences']} sentences ({r['empty']} empty lines skipped)"
@@ -131,7 +139,7 @@ def _run_whiten(args) -> int:
     return 0
 
 
-def _run_simcse(args) -> int:
+def run_simcse(args) -> int:
     from qingbert.embeddings.simcse import train_simcse  # imports torch: not when the parser is built
 
     d = {}
@@ -150,7 +158,7 @@ def _run_simcse(args) -> int:
     return 0
 
 
-def _run_eval_sts(args) -> int:
+def run_eval_sts(args) -> int:
     r = evaluate_sts(args.model, task=args.task, data_dir=args.data, split=args.split, batch_size=args.batch_size,
                      pooling=args.pooling, pooling_layer=args.pooling_layer, max_len=args.max_len,
                      backend=args.backend)
@@ -159,13 +167,4 @@ def _run_eval_sts(args) -> int:
     return 0
 
 
-def run_cli(args) -> int:
-    """Run one of the verbs added by :func:`add_cli` (``args.verb``); user errors raise QingbertError."""
-    runners = {"encode": _run_encode, "whiten": _run_whiten, "simcse": _run_simcse, "eval-sts": _run_eval_sts}
-    verb = getattr(args, "verb", None)
-    if verb not in runners:
-        raise QingbertError(f"not an embeddings verb: {verb!r}", hint="encode, whiten, simcse or eval-sts")
-    return runners[verb](args)
-
-
-__all__ = ["VERBS", "add_cli", "run_cli"]
+COMMANDS = {"encode": add_encode, "whiten": add_whiten, "simcse": add_simcse, "eval-sts": add_eval_sts}

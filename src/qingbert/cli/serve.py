@@ -1,17 +1,18 @@
-"""The ``qingbert serve`` verb: ``add_cli(subparsers)`` and ``run_cli(args)``, wired into ``qingbert`` by cli.py."""
+"""The ``serve`` verb: a model folder (and an index) over HTTP, on one or several worker processes."""
+
+from __future__ import annotations
 
 import os
 
 from qingbert.serve.config import ENV_API_KEY, ServeConfig
 from qingbert.serve.workers import resolve_workers, serve
 
-HELP = "serve a model folder over HTTP: /encode (bert-as-service), /v1/embeddings (OpenAI), /classify, /search"
+HELP = {"serve": "serve a model folder over HTTP: /encode (bert-as-service), /v1/embeddings (OpenAI), /classify, /search"}
 
 
-def add_cli(subparsers) -> None:
-    """Add the ``serve`` verb to ``qingbert``'s subparsers."""
+def add_serve(sub) -> None:
     d = ServeConfig()
-    p = subparsers.add_parser("serve", help=HELP, description=HELP + "; GET /health, /metrics")
+    p = sub.add_parser("serve", help=HELP["serve"], description=HELP["serve"] + "; GET /health, /metrics")
     p.add_argument("model", metavar="MODEL", help="model folder (any qingbert.load folder)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; 0.0.0.0: all)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -38,11 +39,10 @@ def add_cli(subparsers) -> None:
                         "but the server keeps its cores busy when idle)")
     p.add_argument("--pooling", default=None, choices=("mean", "cls", "max", "mean-max"), help="default: the index's, else mean")
     p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
-    p.set_defaults(run_cli=run_cli)
+    p.set_defaults(run=run_serve)
 
 
-def run_cli(args) -> int:
-    """Run ``qingbert serve`` from parsed arguments; returns the exit status."""
+def run_serve(args) -> int:
     workers, args.threads, args.encode_batch = resolve_workers(args.workers, args.threads, args.encode_batch)
     config = ServeConfig(max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=args.max_body_bytes,
                          max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, encode_batch=args.encode_batch,
@@ -53,4 +53,4 @@ def run_cli(args) -> int:
     return 0
 
 
-__all__ = ["HELP", "add_cli", "run_cli"]
+COMMANDS = {"serve": add_serve}
