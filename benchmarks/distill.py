@@ -7,8 +7,8 @@ shape (BERT, 6 x 768, FFN 3072, 12 heads) and one student of the MiniRBT-H256 sh
 vocabulary of the HFL checkpoints (so the vocabulary heads cost what they really
 cost), and then distils teacher -> student with each method in a fresh subprocess:
 
-* ``qingbert``: ``qingbert.distill.GeneralDistillObjective`` run by
-  ``qingbert.train.Trainer`` (the loop behind ``qingbert distill``), WWM batches
+* ``qingbert``: ``qingbert.distillation.distill.GeneralDistillObjective`` run by
+  ``qingbert.training.loop.Trainer`` (the loop behind ``qingbert distill``), WWM batches
   from ``qingbert.mlm.WWMCollator``;
 * ``textbrewer``: ``textbrewer.GeneralDistiller`` (0.2.1) on the same models, with
   adaptors returning the logits, the hidden states, ``inputs_mask`` (the attention
@@ -138,7 +138,7 @@ def _step_clock(ends: list[float], cpu: list[float]):
 
 
 def _order(n: int, seed: int):
-    """The order qingbert's loop draws the train split in during epoch 0 (qingbert.train.Trainer._order)."""
+    """The order qingbert's loop draws the train split in during epoch 0 (qingbert.training.loop.Trainer._order)."""
     import numpy as np
 
     return np.random.default_rng([seed, 0]).permutation(n)

@@ -5,13 +5,13 @@ Takes the demo's teacher (pretrains it with the demo's recipe on the built-in co
 prepared corpus folder it was trained on, e.g. ``<demo>/teacher`` and ``<demo>/corpus``), then:
 
 * general stage, two ways at equal total steps N (``--steps``, default the demo's 400):
-  one-stage teacher -> student for N steps (``qingbert.distill.distill_general``, the demo's recipe and
+  one-stage teacher -> student for N steps (``qingbert.distillation.distill.distill_general``, the demo's recipe and
   student shape), and two-stage teacher -> assistant (the teacher's width, initialised from teacher layers
-  ``--assistant-layers``) for N/2 steps -> student for N/2 steps (``qingbert.distill.distill``);
+  ``--assistant-layers``) for N/2 steps -> student for N/2 steps (``qingbert.distillation.distill.distill``);
   held-out masked accuracy and top-1 agreement with the demo teacher for each student;
 * speed: encoder forward latency (batch 32 x 128 tokens) of the teacher, the assistant and the student;
 * task stage, on each built-in task: the teacher fine-tuned (the demo's recipe), then for each student
-  task-stage distillation from that fine-tuned teacher (``qingbert.distill.distill_task``, as the demo's
+  task-stage distillation from that fine-tuned teacher (``qingbert.distillation.distill.distill_task``, as the demo's
   ``distill_section``) and, as the baseline, the same student fine-tuned without distillation.
 
 Writes ``<results>/distill_quality.{json,md}`` (default benchmarks/results).  Goal (issue #5): the student

@@ -6,7 +6,7 @@ sequences of at most ``--seq-len`` tokens), saves one randomly initialised
 HFL checkpoints, so the cost of the 21,128-way MLM head is the real one), and then
 trains each shape, each method in a fresh subprocess, on the same data:
 
-* ``qingbert``: ``qingbert.pretrain.pretrain`` on the prepared folder (whole-word
+* ``qingbert``: ``qingbert.pretraining.pretrain.pretrain`` on the prepared folder (whole-word
   masking from the word ids ``prepare`` wrote; the MLM head runs only at masked
   positions);
 * ``hf``: ``transformers.Trainer`` + ``DataCollatorForLanguageModeling(tokenizer,
@@ -108,7 +108,7 @@ def _steady(ends: list[float], tokens: list[int], padded: list[int], warmup: int
 
 
 def _order(n: int, seed: int):
-    """The order qingbert's loop draws the train split in during epoch 0 (qingbert.train.Trainer._order)."""
+    """The order qingbert's loop draws the train split in during epoch 0 (qingbert.training.loop.Trainer._order)."""
     import numpy as np
 
     return np.random.default_rng([seed, 0]).permutation(n)
@@ -297,7 +297,7 @@ def run_profile(args) -> dict:
         t1 = now()
         batch = collate(examples)
         t2 = now()
-        # the forward of qingbert.mlm.masked_lm_loss, split in two
+        # the forward of qingbert.pretraining.mlm.masked_lm_loss, split in two
         hidden = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         t3 = now()
         sel = batch["labels"] != -100

@@ -2,7 +2,7 @@
 
 Setup (untimed): a MiniRBT-H256-shape encoder (6 layers x 256, 8 heads, FFN 1024, random weights: speed does not
 depend on them) with a real WordPiece vocabulary built from the built-in reviews, exported with
-`qingbert.export` (ONNX fp32 + int8, parity-checked) for the server, and the same torch weights saved in the
+`qingbert.deploy.export` (ONNX fp32 + int8, parity-checked) for the server, and the same torch weights saved in the
 sentence-transformers layout (Transformer + mean Pooling) for the competitor.  Inputs: 2,000 cleaned built-in
 reviews of 10-60 characters, one sentence per request, cycled in a fixed order.
 

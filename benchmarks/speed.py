@@ -1,6 +1,6 @@
 """The seeds' speed table on this machine: `qingbert speed` on the zoo shapes, with the issue's goals checked.
 
-Runs qingbert.speed.speed() (torch eager fp32, ONNX Runtime fp32 with the fused graph, ONNX Runtime int8) for
+Runs qingbert.deploy.speed.speed() (torch eager fp32, ONNX Runtime fp32 with the fused graph, ONNX Runtime int8) for
 the 12-layer base (RoBERTa-wwm-ext shape), RBT6, RBT3, RBT4-H312, MiniRBT-H288/H256 and RoBERTa-tiny-clue, and
 writes `benchmarks/results/speed.{json,md,png}` plus the goal lines:
 

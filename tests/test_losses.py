@@ -1,4 +1,4 @@
-"""Tests for qingbert.losses: every loss against a direct formula, schedules, projections.
+"""Tests for qingbert.distillation.losses: every loss against a direct formula, schedules, projections.
 
 The reference values are computed independently with explicit Python loops over numpy arrays (float64),
 never by calling the function under test.  Padding positions are filled with garbage (nan, inf, huge

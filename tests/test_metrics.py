@@ -1,4 +1,4 @@
-"""Tests for qingbert.metrics against hand-computed expectations.
+"""Tests for qingbert.tasks.metrics against hand-computed expectations.
 
 Every expected number below is a literal worked out by hand (see comments),
 never obtained by calling the function under test.

@@ -1,4 +1,4 @@
-"""Tests for qingbert.zoo: registry, analytic parameter counts, building and loading."""
+"""Tests for qingbert.models.zoo: registry, analytic parameter counts, building and loading."""
 
 from __future__ import annotations
 

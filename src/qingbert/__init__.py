@@ -1,6 +1,6 @@
 """qingbert (轻BERT): small, fast Chinese pretrained language models, from raw text to a served model.
 
-The top level re-exports each stage's main function; ``qingbert.zoo`` is the model zoo; ``qingbert.load(DIR)``
+The top level re-exports each stage's main function; ``qingbert.models.zoo`` is the model zoo; ``qingbert.load(DIR)``
 opens any model folder for ``predict`` / ``encode`` on its fastest backend.
 Importing qingbert does not import torch or transformers.
 """

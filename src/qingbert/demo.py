@@ -19,7 +19,7 @@ import numpy as np
 
 SOURCES = ["builtin:peoples-daily", "builtin:reviews"]
 SEQ_LEN = 128
-# MiniRBT-H256's width with 2 layers, from the local-attention init (qingbert.inits), no dropout while
+# MiniRBT-H256's width with 2 layers, from the local-attention init (qingbert.models.inits), no dropout while
 # pretraining, 40 % of words masked, packed texts kept apart (document mask), lr 1e-3: about 5 minutes on 2 CPU
 # cores.  Measured here (held-out masked accuracy at 15 % masking / loss): transformers' default init stays near
 # the unigram plateau (14 % / 5.71 after 2,500 steps); this recipe reaches 20 % / 5.06 in 1,200 steps, and

@@ -5,7 +5,8 @@ from __future__ import annotations
 from qingbert.cli.common import PRETRAIN_FLAGS, add_train_args, recipe_with_flags
 
 HELP = {
-    "pretrain": "pretraining on prepared shards (from scratch or continued): whole-word-masking MLM, MacBERT or ELECTRA",
+    "pretrain": "pretraining on prepared shards (from scratch or continued): whole-word-masking MLM, MacBERT or "
+                "ELECTRA",
     "fill-mask": "show a masked-LM model's top fillers for each [MASK] in a text",
 }
 

@@ -7,7 +7,8 @@ import os
 from qingbert.serve.config import ENV_API_KEY, ServeConfig
 from qingbert.serve.workers import resolve_workers, serve
 
-HELP = {"serve": "serve a model folder over HTTP: /encode (bert-as-service), /v1/embeddings (OpenAI), /classify, /search"}
+HELP = {"serve": "serve a model folder over HTTP: /encode (bert-as-service), /v1/embeddings (OpenAI), /classify, "
+                  "/search"}
 
 
 def add_serve(sub) -> None:
@@ -18,7 +19,8 @@ def add_serve(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--workers", default="1",
                    help="server processes, each with its own model (default 1); 'auto': one per core, each with one "
-                        "model thread and unpadded forwards (--encode-batch 1), the fastest on CPU (benchmarks/serve.py)")
+                        "model thread and unpadded forwards (--encode-batch 1), the fastest on CPU "
+                        "(benchmarks/serve.py)")
     p.add_argument("--api-key", default=None,
                    help=f"require this key (Authorization: Bearer KEY or X-API-Key); default ${ENV_API_KEY}")
     p.add_argument("--index", default=None, help="index folder (qingbert index build) for POST /search")
@@ -37,7 +39,8 @@ def add_serve(sub) -> None:
     p.add_argument("--spin", action="store_true",
                    help="let ONNX Runtime threads busy-wait between requests (lower latency under steady load, "
                         "but the server keeps its cores busy when idle)")
-    p.add_argument("--pooling", default=None, choices=("mean", "cls", "max", "mean-max"), help="default: the index's, else mean")
+    p.add_argument("--pooling", default=None, choices=("mean", "cls", "max", "mean-max"),
+                   help="default: the index's, else mean")
     p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     p.set_defaults(run=run_serve)
 

@@ -19,7 +19,8 @@ from qingbert.errors import QingbertError
 
 HELP = {
     "finetune": "fine-tune a model on a Chinese task (classification, pair, NER, MRC); dev scores + predictions",
-    "predict": "predict texts (or a task split: CLUE / CMRC submission files) with any model folder, on its fastest backend",
+    "predict": "predict texts (or a task split: CLUE / CMRC submission files) with any model folder, on its fastest "
+               "backend",
     "bench": "the MiniRBT fine-tuning protocol: lr grid x epochs x seeds over models and tasks; tables + plot",
 }
 
@@ -118,7 +119,7 @@ def run_bench(args) -> int:
 
 
 def _run_prompt(args: argparse.Namespace, recipe: dict) -> int:
-    """``finetune --prompt T --verbalizer V``: PET-style fine-tuning (:mod:`qingbert.prompt`)."""
+    """``finetune --prompt T --verbalizer V``: PET-style fine-tuning (:mod:`qingbert.tasks.prompt`)."""
     if not (args.prompt and args.verbalizer):
         raise QingbertError("--prompt and --verbalizer go together (and --train-examples needs them)",
                             hint='e.g. --prompt "{text}。总之很[MASK]。" --verbalizer "1:好,0:差"; '

@@ -150,7 +150,7 @@ def parse_name(source: str) -> tuple[str, list[str]]:
 
 
 def corpus_records(source: str, stats: Stats):
-    """Records ``(text, gold_words | None)`` of a built-in corpus, for :mod:`qingbert.corpus`."""
+    """Records ``(text, gold_words | None)`` of a built-in corpus, for :mod:`qingbert.data.corpus`."""
     name, splits = parse_name(source)
     n = 0
     for split in splits:

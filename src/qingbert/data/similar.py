@@ -6,7 +6,7 @@ by cosine *among words with the same token count*, so a replacement keeps every 
 holds ``table.npz`` (int32 / float16 arrays, read without pickle) and ``manifest.json`` (format, the vocabulary's
 size and sha256, the settings, counts and a few decoded examples); :func:`load_similar_words` refuses a table
 built for another vocabulary.  This module needs no torch, so the command line stays light; the masking that
-uses the table is :mod:`qingbert.macbert`.
+uses the table is :mod:`qingbert.pretraining.macbert`.
 """
 
 from __future__ import annotations

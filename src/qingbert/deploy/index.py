@@ -34,7 +34,7 @@ from qingbert.manifest import INDEX_FORMAT, check_out_folder, read_manifest, wri
 FORMAT = INDEX_FORMAT
 INDEX_FILE = "index.faiss"
 TEXTS_FILE = "texts.jsonl"
-POOLINGS = ("mean", "cls", "max", "mean-max")  # last-layer poolings (qingbert.inference.Model.encode)
+POOLINGS = ("mean", "cls", "max", "mean-max")  # last-layer poolings (qingbert.deploy.inference.Model.encode)
 DEFAULT_NPROBE = 16  # IVF lists visited per query (faiss's own default, 1, misses too much)
 CHUNK = 1024  # texts encoded between two progress-bar updates
 
@@ -45,7 +45,7 @@ CHUNK = 1024  # texts encoded between two progress-bar updates
 
 def embed(model, texts: list[str], batch_size: int = 64, pooling: str = "mean", normalize: bool = True) -> np.ndarray:
     """Sentence vectors of ``texts`` as an ``(n, dim)`` float32 array: the single encoder call of indexing and
-    serving (swap it here for another encoder).  ``model`` is a :class:`qingbert.inference.Model`; with
+    serving (swap it here for another encoder).  ``model`` is a :class:`qingbert.deploy.inference.Model`; with
     ``normalize`` every row has unit length, so inner products are cosine similarities."""
     vecs = model.encode(list(texts), batch_size=batch_size, pooling=pooling, normalize=normalize)
     return np.ascontiguousarray(vecs, dtype=np.float32).reshape(len(texts), -1)
@@ -135,7 +135,7 @@ def build_index(model_dir: str | Path, corpus: str | Path, out: str | Path, fact
 
     ``factory`` is a faiss index-factory string (``Flat``: exact; ``HNSW32``: graph, fast and no training;
     ``IVF<n>,Flat`` / ``IVF<n>,PQ<m>``: trained on the corpus itself, so it needs at least ``n`` texts).
-    ``model``: an already loaded :class:`qingbert.inference.Model` of ``model_dir`` (else it is loaded on
+    ``model``: an already loaded :class:`qingbert.deploy.inference.Model` of ``model_dir`` (else it is loaded on
     ``backend``).  Returns the manifest record."""
     if pooling not in POOLINGS:
         raise QingbertError(f"unknown pooling '{pooling}'", hint=" or ".join(POOLINGS))
@@ -188,7 +188,7 @@ def build_index(model_dir: str | Path, corpus: str | Path, out: str | Path, fact
 class SemanticIndex:
     """A loaded index folder: ``search(queries, k)`` for texts or vectors.
 
-    Text queries are encoded by ``encoder``: a :class:`qingbert.inference.Model`, a callable ``texts -> (n, dim)
+    Text queries are encoded by ``encoder``: a :class:`qingbert.deploy.inference.Model`, a callable ``texts -> (n, dim)
     vectors``, or ``None`` (the model the manifest names, loaded on first use)."""
 
     def __init__(self, folder: str | Path, encoder=None, backend: str | None = None, nprobe: int | None = None):
@@ -291,4 +291,5 @@ def load_index(folder: str | Path, encoder=None, backend: str | None = None, npr
 # command line (wired into ``qingbert`` by cli.py: ``add_cli(sub)`` and ``run_cli(args)``)
 
 
-__all__ = ["build_index", "load_index", "SemanticIndex", "embed", "new_index", "train_index", "FORMAT", "INDEX_FILE", "TEXTS_FILE"]
+__all__ = ["build_index", "load_index", "SemanticIndex", "embed", "new_index", "train_index", "FORMAT", "INDEX_FILE",
+           "TEXTS_FILE"]

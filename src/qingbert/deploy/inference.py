@@ -13,7 +13,7 @@ The work runs on a *backend*: ``torch`` (the transformers model), ``onnx``
 By default the fastest one present in the folder is used: the one
 ``qingbert export`` measured fastest among those that passed its parity check,
 else int8, then ONNX fp32, then torch.  Preprocessing is the training code's
-own (the heads of :mod:`qingbert.finetune`), so a model predicts exactly what it
+own (the heads of :mod:`qingbert.tasks.finetune`), so a model predicts exactly what it
 scored on dev.
 """
 
@@ -222,5 +222,4 @@ def load(folder: str | Path, backend: str | None = None, threads: int = 0, max_l
     return Model(folder, backend=backend, threads=threads, max_len=max_len, spin=spin)
 
 
-__all__ = ["load", "Model", "describe", "available_backends", "open_backend", "TorchBackend", "OnnxBackend",
-           "BACKENDS", "session_options"]
+__all__ = ["load", "Model"]

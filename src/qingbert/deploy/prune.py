@@ -18,7 +18,7 @@ What stays the same
   checked on corpus texts before anything is written.  The share of corpus tokens that are ``[UNK]`` is the same
   before and after.  WordPiece spells each word on its own, so this holds for any text made of the corpus's
   words (pairs, truncations, concatenations), not only its lines.  Each line counts as read and as cleaned
-  (:func:`qingbert.corpus.clean_text`, full-width to half-width ...), so both forms keep their tokens.
+  (:func:`qingbert.data.corpus.clean_text`, full-width to half-width ...), so both forms keep their tokens.
 
 What changes
 ------------

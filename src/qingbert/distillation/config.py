@@ -27,7 +27,7 @@ class DistillConfig:
     matches: list | str | None = None  # None: general -> "hidden-uniform", task -> "none"
     hidden_only: bool = False  # no logits KD (e.g. a teacher whose MLM head is untrained)
     init_from_teacher_layers: list | None = None  # assistant/student = these teacher layers (same width)
-    init: str = "local-attention"  # a student built from scratch (zoo shape): qingbert.inits name (as pretrain)
+    init: str = "local-attention"  # a student built from scratch (zoo shape): qingbert.models.inits name (as pretrain)
     fit_teacher_head: int = 0  # steps to train an untrained teacher MLM head alone before distilling
     cache_teacher: bool = True  # task stage: reuse teacher logits across epochs (when no matches need features)
     teacher_weights: list | None = None  # multi-teacher: weights of the teachers' soft targets

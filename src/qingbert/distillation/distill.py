@@ -1,4 +1,4 @@
-"""``distill``: teacher -> (assistant ->) student, in the one training loop of :mod:`qingbert.train`.
+"""``distill``: teacher -> (assistant ->) student, in the one training loop of :mod:`qingbert.training.loop`.
 
 Two kinds of distillation, one objective interface:
 
@@ -6,13 +6,13 @@ Two kinds of distillation, one objective interface:
   are masked LMs; the KD loss is computed at the masked positions only, and both
   models run their vocabulary head only there (the teacher in eval mode, without
   gradients).  Optional hard MLM loss and intermediate *matches*.
-* **task** stage for every task type of :mod:`qingbert.finetune`: the teacher is
+* **task** stage for every task type of :mod:`qingbert.tasks.finetune`: the teacher is
   a fine-tuned folder (or several: their soft targets are averaged, optionally
   weighted), the student is a pretrained or distilled small model; logits KD +
   hard labels + optional matches.  Teacher logits may be cached across epochs.
 
 *Matches* are data (a list of dicts, or a preset name), each pairing a teacher
-layer with a student layer through a loss of :mod:`qingbert.losses`, with an
+layer with a student layer through a loss of :mod:`qingbert.distillation.losses`, with an
 optional trainable projection (student width -> teacher width).  Keys as in
 TextBrewer are accepted (``layer_T``, ``layer_S``, ``feature``, ``loss``,
 ``weight``, ``proj``).  Layer numbers count as TextBrewer does: for ``hidden``
@@ -314,7 +314,8 @@ def _peek_config(model: str) -> dict | None:
 
 
 class TaskDistiller:
-    """Plugs task-stage distillation into :func:`qingbert.finetune.finetune` (the same stage, another objective)."""
+    """Plugs task-stage distillation into :func:`qingbert.tasks.finetune.finetune` (the same stage, another
+    objective)."""
 
     def __init__(self, teachers: list[str], cfg: DistillConfig):
         self.names = [str(t) for t in teachers]
@@ -351,7 +352,7 @@ class TaskDistiller:
 def distill_task(teacher: str | list, student: str, task, out: str | Path, data_dir: str | None = None, *,
                  config: DistillConfig | dict | None = None, finetune_config: dict | None = None) -> dict:
     """Task-stage distillation: fine-tuned ``teacher`` folder(s) -> ``student`` on ``task``; the result is a
-    fine-tuned folder (``qingbert predict`` works on it).  Returns :func:`qingbert.finetune.finetune`'s result."""
+    fine-tuned folder (``qingbert predict`` works on it).  Returns :func:`qingbert.tasks.finetune.finetune`'s result."""
     cfg = config if isinstance(config, DistillConfig) else DistillConfig.from_dict(config)
     teachers = teacher if isinstance(teacher, (list, tuple)) else [teacher]
     ft = dict(finetune_config or {})
@@ -359,6 +360,4 @@ def distill_task(teacher: str | list, student: str, task, out: str | Path, data_
     return finetune(student, task, out, data_dir, config=ft, distill=TaskDistiller(teachers, cfg))
 
 
-__all__ = ["DistillConfig", "GeneralDistillObjective", "TaskDistillObjective", "init_from_teacher_layers",
-           "default_layers", "resolve_matches", "preset_matches", "distill", "distill_general", "distill_task",
-           "PRESETS"]
+__all__ = ["init_from_teacher_layers", "default_layers", "distill", "distill_general", "distill_task", "TaskDistiller"]

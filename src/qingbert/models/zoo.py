@@ -36,8 +36,6 @@ __all__ = [
     "zoo_table",
     "build_config",
     "build_model",
-    "load_model",
-    "load_tokenizer",
 ]
 
 HFL_VOCAB = 21128  # the Chinese BERT WordPiece vocabulary (Google's, reused by HFL)

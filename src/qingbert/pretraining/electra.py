@@ -2,12 +2,12 @@
 
 The recipe is Google's ELECTRA as HFL used it for Chinese-ELECTRA:
 
-* **masking** reuses :class:`qingbert.mlm.WWMCollator` (whole words, ``cfg.masking.mlm_probability``, n-grams
-  and ``document_mask`` as configured), but a chosen word gets ``[MASK]`` with probability ``mask_ratio``
+* **masking** reuses :class:`qingbert.pretraining.mlm.WWMCollator` (whole words, ``cfg.masking.mlm_probability``,
+  n-grams and ``document_mask`` as configured), but a chosen word gets ``[MASK]`` with probability ``mask_ratio``
   (ELECTRA's 0.85) and keeps its tokens otherwise -- never random tokens: ELECTRA's own corruption comes from
   the generator, so BERT's 80/10/10 split of ``cfg.masking`` is replaced;
 * the **generator** (``ElectraForMaskedLM``, about a quarter of the discriminator's width) learns MLM at the
-  masked positions; its vocabulary head runs only there (as :func:`qingbert.mlm.masked_lm_loss` does);
+  masked positions; its vocabulary head runs only there (as :func:`qingbert.pretraining.mlm.masked_lm_loss` does);
 * at every masked position a token is **sampled** from the generator's softmax (temperature 1, no gradient
   through the sampling) and written into the discriminator's input;
 * the **discriminator** (``ElectraForPreTraining``) labels every real token: 1 where the sampled token differs
@@ -309,7 +309,7 @@ def _electra_spec(model: str):
 
 
 def _check_vocab(model: str, net, tokenizer) -> None:
-    """The data's vocabulary must be the model's (as :func:`qingbert.pretrain.load_mlm` checks)."""
+    """The data's vocabulary must be the model's (as :func:`qingbert.pretraining.pretrain.load_mlm` checks)."""
     vocab = tokenizer.get_vocab()
     if net.get_input_embeddings().num_embeddings < len(vocab):
         raise QingbertError(f"model {model} has {net.get_input_embeddings().num_embeddings} token embeddings but "
@@ -344,7 +344,7 @@ def load_electra(model: str, tokenizer, ecfg: ElectraConfig, overrides: dict | N
     (its ``generator/`` subfolder too, when there is one) or a hub id.
 
     Both are checked before they are built; the embeddings are *not* shared yet (:class:`ElectraObjective` does
-    that).  ``init`` (:mod:`qingbert.inits`) applies to a discriminator built from scratch; the generator has
+    that).  ``init`` (:mod:`qingbert.models.inits`) applies to a discriminator built from scratch; the generator has
     no initialisation of its own: its embeddings are the discriminator's, the rest transformers' random init."""
     from transformers import ElectraForMaskedLM, ElectraForPreTraining
 
@@ -426,7 +426,7 @@ def electra_masking(masking, ecfg: ElectraConfig):
 
 def make_objective(model: str, tokenizer, cfg, options: dict | None = None, data_dir=None):
     """``(objective, train collate, eval collate, info)`` for ELECTRA pretraining of ``model`` with ``cfg``
-    (a :class:`qingbert.pretrain.PretrainConfig`: its masking, seed, overrides, init and train_dropout).
+    (a :class:`qingbert.pretraining.pretrain.PretrainConfig`: its masking, seed, overrides, init and train_dropout).
 
     ``options``: :class:`ElectraConfig` fields.  Everything that can be wrong with them is raised here, before
     any training.  ``info`` is for the manifest; ``info["config_updates"]`` goes to ``train_and_save``.

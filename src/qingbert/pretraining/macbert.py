@@ -27,7 +27,7 @@ noisy, so weighting by them mostly repeats the first neighbour; uniform sampling
 corrections (the scores are still stored in the table for inspection).
 
 Masking is a pure function of ``(seed, epoch, example index)`` (and the table), like
-:class:`~qingbert.mlm.WWMCollator`; SOP draws from a separate stream, so turning it on does not change
+:class:`~qingbert.pretraining.mlm.WWMCollator`; SOP draws from a separate stream, so turning it on does not change
 the masks.  Held-out evaluation uses the plain WWM collator at 15 %, so masked accuracy compares across
 objectives.
 """
@@ -136,8 +136,8 @@ def choose_ngrams(word_ids: np.ndarray, rng: np.random.Generator, mlm_probabilit
     Returns ``(words, first, sizes, spans)``: the sorted word ids, the index of each word's first token among
     the real tokens, its token count, and ``(first word index, n)`` per chosen n-gram.
 
-    Unlike :func:`qingbert.mlm.mask_example`, which truncates an n-gram that runs into a text end or an already
-    chosen word, here n is drawn first and the start is drawn uniformly among the places where n free words of
+    Unlike :func:`qingbert.pretraining.mlm.mask_example`, which truncates an n-gram that runs into a text end or an
+    already chosen word, here n is drawn first and the start is drawn uniformly among the places where n free words of
     one text fit the remaining budget; only when no place fits is n lowered.  So the realised n-gram lengths
     follow ``ngram_probs`` except for the last span or two of a sequence, where long n-grams no longer fit:
     measured 42/30/19/9 % on 180-word sequences, 47/29/17/7 % on 64-token ones (a budget of ~9 tokens)."""
@@ -343,7 +343,7 @@ class SOPEvalCollator:
 # The objective
 
 def pretraining_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
-    """MLM (vocabulary head only at the masked positions, as :func:`qingbert.mlm.masked_lm_loss`) + SOP
+    """MLM (vocabulary head only at the masked positions, as :func:`qingbert.pretraining.mlm.masked_lm_loss`) + SOP
     cross-entropy for a ``BertForPreTraining``; without ``sop_labels`` in the batch, MLM alone."""
     labels = batch["labels"]
     out = model.bert(input_ids=batch["input_ids"], attention_mask=attention_of(batch),
@@ -374,7 +374,7 @@ def pretraining_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
 
 class MacBERTObjective(torch.nn.Module):
     """MacBERT pretraining: wraps a masked-LM model (``BertForPreTraining`` with SOP);
-    ``forward(batch) -> (loss, metrics)``, as :class:`qingbert.mlm.MLMObjective`."""
+    ``forward(batch) -> (loss, metrics)``, as :class:`qingbert.pretraining.mlm.MLMObjective`."""
 
     name = "macbert"
     accuracy_name = "masked_accuracy"
@@ -454,7 +454,7 @@ def to_pretraining_model(net, source: str | None = None) -> tuple[object, dict]:
 def make_objective(model: str, tokenizer, cfg, options: dict, data_dir) -> tuple:
     """``(objective, train_collate, eval_collate, info)`` for ``qingbert pretrain`` with objective macbert.
 
-    ``cfg`` is a :class:`qingbert.pretrain.PretrainConfig` (``masking.mlm_probability`` and
+    ``cfg`` is a :class:`qingbert.pretraining.pretrain.PretrainConfig` (``masking.mlm_probability`` and
     ``masking.document_mask``, ``train.seed``, ``overrides``, ``init``, ``train_dropout`` are used);
     ``options``: ``similar_words`` (required: a :func:`build_similar_words` folder), ``sop`` (false),
     ``ngram_probs`` ([0.4, 0.3, 0.2, 0.1]), ``similar_ratio`` (0.8), ``random_ratio`` (0.1).  Every bad
@@ -500,6 +500,7 @@ def make_objective(model: str, tokenizer, cfg, options: dict, data_dir) -> tuple
 
 
 __all__ = ["MacBERTConfig", "MacBERTCollator", "MacBERTObjective", "SOPEvalCollator", "SimilarWords",
-           "build_similar_words", "load_similar_words", "choose_ngrams", "macbert_mask", "sop_example", "pretraining_loss",
+           "build_similar_words", "load_similar_words", "choose_ngrams", "macbert_mask", "sop_example",
+           "pretraining_loss",
            "to_pretraining_model", "make_objective", "parse_options",
            "vocab_fingerprint"]

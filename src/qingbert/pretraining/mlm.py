@@ -242,7 +242,8 @@ def load_mlm(model: str, tokenizer, overrides: dict | None = None, weights: bool
     """A masked-LM model for ``model`` (zoo name -> from scratch; folder/hub id -> weights) + how it was made.
 
     With ``weights`` a zoo name means its published weights (its hub id), as a teacher needs.  ``init`` names
-    the initialisation of a model built from scratch (:mod:`qingbert.inits`); weights are never re-initialised."""
+    the initialisation of a model built from scratch (:mod:`qingbert.models.inits`); weights are never
+    re-initialised."""
     vocab = tokenizer.get_vocab()
     spec = None
     if not Path(model).exists() and not weights:

@@ -2,7 +2,7 @@
 
 The model is a zoo name (built from scratch with the data's vocabulary), a local
 folder or a hub id (continued / domain pretraining; its vocabulary must be the
-data's).  Training runs in the one loop of :mod:`qingbert.train`; the output
+data's).  Training runs in the one loop of :mod:`qingbert.training.loop`; the output
 folder is a plain ``transformers`` masked-LM folder (``model.safetensors``,
 ``config.json``, ``tokenizer.json`` and ``vocab.txt``) plus ``manifest.json``,
 ``metrics.jsonl``, TensorBoard logs and the last checkpoints.
@@ -38,9 +38,6 @@ from qingbert.training.loop import TrainConfig, Trainer, seed_everything
 
 FORMAT = MODEL_FORMAT
 OWN = ("objective", "overrides", "init", "train_dropout", "macbert", "electra")
-#: objective name -> the module whose ``make_objective(model, tokenizer, cfg, options, data_dir)`` builds it
-#: (``None``: whole-word-masking MLM, built here).  Each returns ``(objective, collate, eval_collate, info)``.
-OBJECTIVES = {"wwm": None, "macbert": "qingbert.macbert", "electra": "qingbert.electra"}
 
 
 @dataclass
@@ -49,12 +46,13 @@ class PretrainConfig:
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     objective: str = "wwm"
     overrides: dict = field(default_factory=dict)  # model config overrides for zoo shapes (e.g. num_hidden_layers)
-    # models built from scratch: "local-attention" (qingbert.inits; escapes the MLM plateau much sooner) or
+    # models built from scratch: "local-attention" (qingbert.models.inits; escapes the MLM plateau much sooner) or
     # "default" (transformers' own random init)
     init: str = "local-attention"
     # dropout while pretraining (None: the model config's); the saved config keeps the model's own value
     train_dropout: float | None = None
-    # options of the other objectives (qingbert.macbert.MacBERTConfig, qingbert.electra.ElectraConfig)
+    # options of the other objectives (qingbert.pretraining.macbert.MacBERTConfig,
+    # qingbert.pretraining.electra.ElectraConfig)
     macbert: dict = field(default_factory=dict)
     electra: dict = field(default_factory=dict)
 

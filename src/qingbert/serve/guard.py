@@ -97,7 +97,8 @@ class Guard:
         try:
             body.decode("utf-8")
         except UnicodeDecodeError as e:
-            return ApiError(400, f"the request body is not UTF-8 ({e.reason} at byte {e.start})", "invalid_encoding"), b""
+            err = ApiError(400, f"the request body is not UTF-8 ({e.reason} at byte {e.start})", "invalid_encoding")
+            return err, b""
         return None, body
 
     def _too_large(self, what: str) -> ApiError:

@@ -1,7 +1,7 @@
 """``bench``: the MiniRBT / CLUE fine-tuning protocol over several models and tasks.
 
 Every model is fine-tuned on every task for each learning rate x epoch count x
-seed of a grid (one :func:`qingbert.finetune.finetune` call per run).  Scores
+seed of a grid (one :func:`qingbert.tasks.finetune.finetune` call per run).  Scores
 are averaged over seeds per setting (mean ± sample std), the setting with the
 best mean is chosen per (model, task) on dev, and each model's best score is
 also shown relative to a reference model (= 100 %), as the MiniRBT and
@@ -515,7 +515,7 @@ class _Runner:
 def bench(config: BenchConfig | dict, finetune_fn: Callable | None = None) -> dict:
     """Run every (model, task, lr, epochs, seed) not yet done in ``config.out``; write the tables and plot.
 
-    ``finetune_fn`` defaults to :func:`qingbert.finetune.finetune` (tests inject a fake).  Returns the content
+    ``finetune_fn`` defaults to :func:`qingbert.tasks.finetune.finetune` (tests inject a fake).  Returns the content
     of ``results.json``.
     """
     from tqdm.auto import tqdm

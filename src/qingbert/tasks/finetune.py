@@ -1,4 +1,4 @@
-"""``finetune`` and ``predict``: a pretrained encoder + a task head, trained in the one loop of :mod:`qingbert.train`.
+"""``finetune``: a pretrained encoder + a task head, trained in the one loop of :mod:`qingbert.training.loop`.
 
 Four task types (:mod:`qingbert.tasks`), each a small *head* here that says how
 to encode examples, which ``AutoModelFor*`` class to use, which objective the
@@ -6,8 +6,9 @@ loop trains, and how to turn model outputs back into predictions and official
 scores:
 
 * ``classification`` / ``pair``: ``AutoModelForSequenceClassification``, accuracy (+ macro-F1);
-* ``ner``: character-level BIO, ``AutoModelForTokenClassification``, entity micro-F1 (:mod:`qingbert.ner`);
-* ``mrc``: SQuAD-style spans with doc stride, ``AutoModelForQuestionAnswering``, CMRC EM/F1 (:mod:`qingbert.mrc`).
+* ``ner``: character-level BIO, ``AutoModelForTokenClassification``, entity micro-F1 (:mod:`qingbert.tasks.ner`);
+* ``mrc``: SQuAD-style spans with doc stride, ``AutoModelForQuestionAnswering``, CMRC EM/F1
+  (:mod:`qingbert.tasks.mrc`).
 
 The model is a local folder, a hub id, a zoo name (its hub weights), or
 ``random:<folder or zoo name>`` for a randomly initialised model of that shape
@@ -63,11 +64,11 @@ class FinetuneConfig:
 
 
 # ---------------------------------------------------------------------------
-# NER head (character BIO, :mod:`qingbert.ner`)
+# NER head (character BIO, :mod:`qingbert.tasks.ner`)
 
 
 # ---------------------------------------------------------------------------
-# MRC head (SQuAD-style spans, :mod:`qingbert.mrc`)
+# MRC head (SQuAD-style spans, :mod:`qingbert.tasks.mrc`)
 
 
 # ---------------------------------------------------------------------------
@@ -144,7 +145,7 @@ def finetune(model: str, task: str, out: str | Path, data_dir: str | None = None
              config: FinetuneConfig | dict | None = None, max_len: int | None = None, distill=None) -> dict:
     """Fine-tune ``model`` on ``task`` (a name from :mod:`qingbert.tasks`, or a loaded Task); score on dev.
 
-    ``distill`` (a :class:`qingbert.distill.TaskDistiller`) swaps the objective for task-stage distillation
+    ``distill`` (a :class:`qingbert.distillation.distill.TaskDistiller`) swaps the objective for task-stage distillation
     from fine-tuned teachers; everything else (data, loop, outputs) is the same.
 
     Returns ``{"dev": metrics (percent, with "metric" and "score"), "steps", "labels", "out", "elapsed_s"}``.

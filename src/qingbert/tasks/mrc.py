@@ -5,7 +5,7 @@
   (consecutive windows overlap by ``doc_stride`` tokens), with start/end token
   labels and per-token character offsets into the original context.
 * :class:`QACollator` and :class:`QAObjective` train an ``AutoModelForQuestionAnswering``
-  in the one loop of :mod:`qingbert.train`.
+  in the one loop of :mod:`qingbert.training.loop`.
 * :func:`decode_qa` picks the best span of each example over all its windows and
   cuts the answer out of the original context by character offsets (so ``[UNK]``
   tokens and full-width characters come back exactly as written);
@@ -104,7 +104,7 @@ def encode_qa(examples: list[QAExample], tokenizer, max_len: int = 384, doc_stri
 
     if not getattr(tokenizer, "is_fast", False):
         raise QingbertError("reading comprehension needs a fast tokenizer (character offsets)",
-                            hint="load it with qingbert.vocab.load_tokenizer")
+                            hint="load it with qingbert.data.vocab.load_tokenizer")
     n_special = tokenizer.num_special_tokens_to_add(pair=True)
     max_query_len = min(max_query_len, (max_len - n_special) // 2)  # a question never takes over half a window
     if max_query_len < 1:

@@ -1,7 +1,7 @@
 """Character-level BIO named-entity recognition (CLUENER2020, People's Daily) for the one training loop.
 
 Every character of a text is one unit.  The text, after the length-preserving
-:func:`qingbert.corpus.normalize_chars`, goes to the tokenizer as a list of
+:func:`qingbert.data.corpus.normalize_chars`, goes to the tokenizer as a list of
 characters (``is_split_into_words=True``); the first token of each character
 carries that character's BIO tag and every other position (special tokens,
 continuation pieces) is ignored (-100).  Characters that give no token
@@ -45,7 +45,7 @@ def bio_labels(entity_types: list[str]) -> list[str]:
 def _entity_types(tags: list[str]) -> list[str]:
     """The entity types of a BIO tag list (in order of their ``B-`` tags); a malformed list is an error."""
     if "O" not in tags:
-        raise QingbertError("NER tags have no 'O' tag", hint="build them with qingbert.ner.bio_labels")
+        raise QingbertError("NER tags have no 'O' tag", hint="build them with qingbert.tasks.ner.bio_labels")
     types = []
     for tag in tags:
         prefix, sep, etype = tag.partition("-")
@@ -113,7 +113,7 @@ def encode_ner(examples, tokenizer, tags: list[str], max_len: int):
     the character's index in the original text, or -1), and for the exact in-loop F1 ``gold_spans`` (flat
     ``[start, end, type index, ...]`` of the gold entities fully inside the window) and ``n_gold`` (the
     entities counted at this window: those starting in it; in the first window also those starting outside
-    the text).  Exact duplicate spans are one entity, as in :func:`qingbert.metrics.entity_scores`.
+    the text).  Exact duplicate spans are one entity, as in :func:`qingbert.tasks.metrics.entity_scores`.
     The report counts are listed in :data:`REPORT_KEYS`.
     """
     from datasets import Dataset
@@ -275,7 +275,7 @@ class NERObjective(torch.nn.Module):
 
 def decode_ner(logits: list[np.ndarray], dataset, examples, tags: list[str]) -> list[set[tuple]]:
     """Per example, the predicted ``(start, end_exclusive, type)`` spans in its original character offsets:
-    argmax per character's first token, :func:`qingbert.metrics.bio_decode` per window, union over windows.
+    argmax per character's first token, :func:`qingbert.tasks.metrics.bio_decode` per window, union over windows.
     ``logits[i]`` is window ``i``'s ``(tokens, tags)`` array (padding may be cut off or kept)."""
     spans: list[set] = [set() for _ in examples]
     for x, ei, ci in zip(logits, dataset["example"], dataset["char_index"]):

@@ -19,7 +19,7 @@ def predict(model: str | Path, task: str, out_file: str | Path | None = None, da
             split: str = "test", batch_size: int = 64, backend: str | None = None) -> dict:
     """Predict ``split`` of ``task`` with a fine-tuned (or exported) folder; write the CLUE / CMRC submission file.
 
-    ``backend`` (torch, onnx, onnx-int8) defaults to the fastest in the folder (:mod:`qingbert.inference`).
+    ``backend`` (torch, onnx, onnx-int8) defaults to the fastest in the folder (:mod:`qingbert.deploy.inference`).
     Returns ``{"file", "examples", "scores", "backend"}`` (scores only where the split is labelled).
     """
     model = Path(model)

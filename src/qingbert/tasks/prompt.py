@@ -7,8 +7,8 @@ is cross-entropy over those label logits only (PET, Schick & Schütze 2021).  No
 the pretrained MLM head's knowledge of Chinese is the classifier's starting point: that is what makes 32
 labelled examples worth training on, and what makes a zero-shot score (no training at all) a baseline.
 
-Training runs in the one loop of :mod:`qingbert.train` (:class:`PromptObjective`), and dev is scored with the
-same metric as :func:`qingbert.finetune.finetune` (accuracy, macro-F1), so prompt and head fine-tuning compare
+Training runs in the one loop of :mod:`qingbert.training.loop` (:class:`PromptObjective`), and dev is scored with the
+same metric as :func:`qingbert.tasks.finetune.finetune` (accuracy, macro-F1), so prompt and head fine-tuning compare
 directly.  The output folder is the masked-LM model (it loads with plain transformers'
 ``AutoModelForMaskedLM``) plus ``manifest.json`` holding the template, verbaliser and label token ids that
 :func:`prompt_predict` needs.
@@ -68,7 +68,7 @@ class PromptConfig:
     def from_dict(cls, d: dict | None, base: "PromptConfig | None" = None) -> "PromptConfig":
         """Flat or nested (``train:``) dict -> config; unknown keys are an error.
 
-        ``max_train_examples`` (the name :class:`~qingbert.finetune.FinetuneConfig` uses) means
+        ``max_train_examples`` (the name :class:`~qingbert.tasks.finetune.FinetuneConfig` uses) means
         ``train_examples``, so one recipe serves both kinds of fine-tuning."""
         d = dict(d or {})
         if "max_train_examples" in d:
@@ -319,7 +319,7 @@ def _fit(la: int, lb: int, budget: int) -> tuple[int, int]:
 
 
 def encode_prompts(examples, tokenizer, template: Template, label2id: dict, max_len: int):
-    """Examples -> :class:`~qingbert.finetune.Rows` of ``input_ids``, ``token_type_ids``, ``mask_pos``, ``label``
+    """Examples -> :class:`~qingbert.tasks.finetune.Rows` of ``input_ids``, ``token_type_ids``, ``mask_pos``, ``label``
     (-100 when unlabelled), plus a report (examples, truncated_to_max_len, template_tokens, text_budget).
 
     Template pieces and texts are tokenized apart and joined, so a long text is cut to the budget the template
@@ -404,7 +404,7 @@ class PromptCollator:
 class PromptObjective(torch.nn.Module):
     """PET: cross-entropy over the verbaliser words' MLM logits at the mask; ``forward(batch) -> (loss, metrics)``.
 
-    The vocabulary head runs at the one mask position only (as :func:`qingbert.mlm.masked_lm_loss` runs it
+    The vocabulary head runs at the one mask position only (as :func:`qingbert.pretraining.mlm.masked_lm_loss` runs it
     at the masked positions): the rest of the sequence never needs its 21,128-way projection."""
 
     name = "prompt"
@@ -770,7 +770,7 @@ def predict_task(folder: str | Path, task, out_file: str | Path | None = None, d
     and verbaliser it was trained with and write the CLUE submission file (``{"id", "label"}`` per line).
 
     Returns ``{"file", "examples", "task", "split", "backend", "scores" (where the split is labelled)}``, as
-    :func:`qingbert.finetune.predict` does."""
+    :func:`qingbert.tasks.finetune.predict` does."""
     folder = Path(folder)
     m = read_manifest(folder)
     if m is None or m.get("format") != FORMAT:

@@ -77,7 +77,7 @@ def module_forward(model, names) -> "Callable[[dict], dict]":
 def run_model(model, ds, collate, names, batch_size: int = 64, token_level: bool = False) -> dict:
     """Forward ``ds`` in batches: per row, each output in ``names`` (token-level ones cut to the row's tokens).
 
-    ``model`` is a transformers model or a backend of :mod:`qingbert.inference` (a callable from numpy inputs to
+    ``model`` is a transformers model or a backend of :mod:`qingbert.deploy.inference` (a callable from numpy inputs to
     numpy outputs).  Rows are batched by length (less padding), and returned in their original order."""
     forward = module_forward(model, names) if isinstance(model, torch.nn.Module) else model
     out: dict = {n: [None] * len(ds) for n in names}
