@@ -17,6 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
+from qingbert.data.builtin import reviews
+from qingbert.data.prepare import load_prepared, prepare, prepare_summary
+from qingbert.data.wwm import sample_word_mask, show_masked
+from qingbert.deploy.index import build_index
+from qingbert.distillation.distill import distill_general, distill_task
+from qingbert.models import zoo
+from qingbert.models.loading import load_tokenizer
+from qingbert.pretraining.pretrain import fill_mask, format_fill, pretrain
+from qingbert.serve.workers import running_server
+from qingbert.tasks.finetune import finetune
+
 SOURCES = ["builtin:peoples-daily", "builtin:reviews"]
 SEQ_LEN = 128
 # MiniRBT-H256's width with 2 layers, from the local-attention init (qingbert.models.inits), no dropout while
@@ -48,11 +59,6 @@ def _section(title: str) -> None:
 
 
 def demo(out: str | Path = "demo-output", examples: int = 4, seed: int = 0, steps: int | None = None) -> dict:
-    from qingbert.data.prepare import load_prepared, prepare, prepare_summary
-    from qingbert.data.wwm import sample_word_mask, show_masked
-    from qingbert.models import zoo
-    from qingbert.models.loading import load_tokenizer
-
     t0 = time.time()
     out = Path(out)
     _section("model zoo (parameters computed from each architecture)")
@@ -84,7 +90,6 @@ def demo(out: str | Path = "demo-output", examples: int = 4, seed: int = 0, step
             break
     _section(f"pretrain: a small teacher ({TEACHER} width, 2 layers, WWM-MLM from the local-attention init, "
              "about 6 minutes)")
-    from qingbert.pretraining.pretrain import fill_mask, format_fill, pretrain
 
     recipe = dict(TEACHER_RECIPE, max_steps=steps or TEACHER_RECIPE["max_steps"])
     teacher = out / "teacher"
@@ -110,8 +115,6 @@ def demo(out: str | Path = "demo-output", examples: int = 4, seed: int = 0, step
 
 def finetune_section(teacher: Path, out: Path, steps: int | None = None) -> list[dict]:
     """Fine-tune the teacher and a random-init model of its shape on each built-in task; print both."""
-    from qingbert.tasks.finetune import finetune
-
     recipe = dict(FINETUNE_RECIPE)
     if steps is not None:  # a quick run (tests): a few steps, a small slice
         recipe.update(max_steps=max(10, steps), max_train_examples=min(500, recipe["max_train_examples"]))
@@ -155,8 +158,6 @@ def _latency_ms(model_dir: Path, batch: int = 32, seq: int = 128, repeats: int =
 def distill_section(teacher: Path, data: Path, out: Path, ft_rows: list[dict], steps: int | None = None) -> dict:
     """General distillation of the teacher into a narrow-deep student, then task-stage distillation from each
     fine-tuned teacher; prints sizes, speed and dev scores next to the teacher's."""
-    from qingbert.distillation.distill import distill_general, distill_task
-
     shape = ", ".join(f"{k.split('_')[0] if k != 'num_hidden_layers' else 'layers'} {v}"
                       for k, v in STUDENT_SHAPE.items() if k in ("hidden_size", "num_hidden_layers"))
     _section(f"distil: the teacher -> a narrow-deep student ({shape}), general stage then task stage")
@@ -200,10 +201,6 @@ def serve_section(out: Path, corpus_size: int = 2000) -> dict:
     """Start ``qingbert serve`` on the distilled sentiment student for a few seconds, with a faiss index over
     built-in reviews; send encode, classify, search and one bad request; print the answers; stop the server."""
     import httpx
-
-    from qingbert.data.builtin import reviews
-    from qingbert.deploy.index import build_index
-    from qingbert.serve.workers import running_server
 
     model = out / "distill" / "reviews-sentiment"
     _section("serve: the distilled sentiment student over HTTP (encode, classify, search the built-in reviews)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from qingbert.errors import QingbertError
+from qingbert.tasks.readers import load_generic
 
 
 def add_source_args(p: argparse.ArgumentParser) -> None:
@@ -152,8 +153,6 @@ def add_task_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 def task_from_args(args: argparse.Namespace):
     """A task name, or a Task read with the generic column mapping."""
     if args.task in ("classification", "pair"):
-        from qingbert.tasks.readers import load_generic
-
         if args.data is None or args.text_col is None:
             raise QingbertError(f"a generic {args.task} task needs --data FILE_OR_DIR and --text-col")
 

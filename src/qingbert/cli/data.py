@@ -6,7 +6,11 @@ import argparse
 import json
 
 from qingbert.cli.common import add_source_args, load_recipe
+from qingbert.data.prepare import PrepareConfig, prepare, prepare_summary
+from qingbert.data.similar import build_similar_words, similar_words_summary
+from qingbert.data.vocab import build_vocab, vocab_summary
 from qingbert.errors import QingbertError
+from qingbert.models import zoo
 
 HELP = {
     "zoo": "list the model zoo: shapes, parameter counts, hub ids",
@@ -23,8 +27,6 @@ def add_zoo(sub) -> None:
 
 
 def run_zoo(args) -> int:
-    from qingbert.models import zoo
-
     print(json.dumps(zoo.zoo_records(), ensure_ascii=False, indent=2) if args.json else zoo.zoo_table())
     return 0
 
@@ -53,8 +55,6 @@ def add_prepare(sub) -> None:
 
 def run_prepare(args) -> int:
     from dataclasses import fields
-
-    from qingbert.data.prepare import PrepareConfig, prepare, prepare_summary
 
     recipe = load_recipe(args.config)
     known = {f.name for f in fields(PrepareConfig)}
@@ -88,8 +88,6 @@ def add_vocab(sub) -> None:
 
 
 def run_vocab(args) -> int:
-    from qingbert.data.vocab import build_vocab, vocab_summary
-
     r = build_vocab(args.sources, args.out, args.size, min_frequency=args.min_frequency, heldout=args.heldout,
                     lowercase=not args.cased, text_field=args.text_field, dedup=args.dedup)
     print(vocab_summary(r))
@@ -112,8 +110,6 @@ def add_similar_words(sub) -> None:
 
 
 def run_similar_words(args) -> int:
-    from qingbert.data.similar import build_similar_words, similar_words_summary
-
     r = build_similar_words(args.data, args.out, dim=args.dim, min_count=args.min_count, top_k=args.top_k,
                             epochs=args.epochs, max_sequences=args.max_sequences, workers=args.workers,
                             overwrite=args.overwrite)

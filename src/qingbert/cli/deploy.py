@@ -6,6 +6,8 @@ import json
 
 from qingbert.deploy.index import POOLINGS, build_index, load_index
 from qingbert.deploy.inference import load
+from qingbert.deploy.prune import prune_summary, prune_vocab
+from qingbert.deploy.speed import SpeedConfig, speed, speed_markdown
 from qingbert.errors import QingbertError
 
 HELP = {
@@ -56,8 +58,6 @@ def add_speed(sub) -> None:
 
 
 def run_speed(args) -> int:
-    from qingbert.deploy.speed import SpeedConfig, speed
-
     try:
         grid = [[int(x) for x in g.lower().split("x")] for g in args.grid.split(",") if g.strip()]
     except ValueError:
@@ -66,7 +66,6 @@ def run_speed(args) -> int:
                       backends=[b.strip() for b in args.backends.split(",") if b.strip()],
                       repeats=args.repeats, threads=args.threads, base=args.base, out=args.out)
     res = speed(cfg)
-    from qingbert.deploy.speed import speed_markdown
 
     print(speed_markdown(res))
     print(f"wrote {args.out}/speed.json, speed.md" + (", speed.png" if res.get("plot") else ""))
@@ -136,8 +135,6 @@ def add_prune_vocab(sub) -> None:
 
 
 def run_prune_vocab(args) -> int:
-    from qingbert.deploy.prune import prune_summary, prune_vocab
-
     r = prune_vocab(args.model, args.corpus, args.out, keep=args.keep, min_count=args.min_count,
                     overwrite=args.overwrite, text_field=args.text_field)
     print(prune_summary(r))

@@ -15,7 +15,12 @@ from qingbert.cli.common import (
     recipe_with_flags,
     task_from_args,
 )
+from qingbert.data.corpus import input_lines
+from qingbert.data.text import split_pair
+from qingbert.deploy.inference import load
 from qingbert.errors import QingbertError
+from qingbert.manifest import PROMPT_FORMAT, atomic_write_text, read_manifest
+from qingbert.tasks.bench import BenchConfig, bench
 
 HELP = {
     "finetune": "fine-tune a model on a Chinese task (classification, pair, NER, MRC); dev scores + predictions",
@@ -100,8 +105,6 @@ def add_bench(sub) -> None:
 
 
 def run_bench(args) -> int:
-    from qingbert.tasks.bench import BenchConfig, bench
-
     def floats(s):
         try:
             return [float(x) for x in s.split(",") if x.strip()] if s else None
@@ -138,8 +141,6 @@ def _run_prompt(args: argparse.Namespace, recipe: dict) -> int:
 
 
 def run_predict(args) -> int:
-    from qingbert.data.corpus import input_lines
-
     texts, empty = input_lines(args.text, args.input)
     if empty:
         print(f"note: skipped {empty} empty lines of {args.input}", file=sys.stderr)
@@ -156,11 +157,6 @@ def run_predict(args) -> int:
             print(f"{r['split']}: {format_scores(r['scores'])}")
         print(f"wrote {r['file']} ({r['examples']} {r['split']} examples, backend {r['backend']})")
         return 0
-    from qingbert.data.text import split_pair
-    from qingbert.deploy.inference import load
-    from qingbert.manifest import read_manifest
-    from qingbert.tasks.prompt import FORMAT as PROMPT_FORMAT
-
     m = read_manifest(args.model) if Path(args.model).is_dir() else None
     if m is not None and m.get("format") == PROMPT_FORMAT:  # a PET folder: its template and verbaliser label
         from qingbert.tasks.prompt import prompt_predict
@@ -187,8 +183,6 @@ def run_predict(args) -> int:
 def _write_results(results, out, backend: str) -> None:
     lines = [json.dumps(r, ensure_ascii=False) for r in results]
     if out:
-        from qingbert.manifest import atomic_write_text
-
         atomic_write_text(out, "\n".join(lines) + "\n")
         print(f"wrote {out} ({len(lines)} predictions, backend {backend})")
     else:
