@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from qingbert.tasks.bench import BenchConfig, bench, count_params, data_dirs, default_lrs, fmt_lr, run_name, slug
 from qingbert.errors import QingbertError
+from qingbert.tasks.bench import BenchConfig, bench, count_params, data_dirs, default_lrs, fmt_lr, run_name, slug
 
 # score = BASE[model][task] + LR_BONUS[lr] + EPOCH_BONUS[model][epochs] + NOISE[seed]
 BASE = {"A": {"t1": 80.0, "t2": 60.0}, "B": {"t1": 72.0, "t2": 57.0}}

@@ -13,17 +13,21 @@ from safetensors.torch import load_file
 from transformers import BertConfig, BertForMaskedLM
 
 from qingbert.distillation.config import DistillConfig
-from qingbert.distillation.objectives import GeneralDistillObjective
-from qingbert.distillation.matches import Shape, preset_matches, resolve_matches
 from qingbert.distillation.distill import (
-    default_layers, distill, distill_general, distill_task, init_from_teacher_layers)
-from qingbert.errors import QingbertError
+    default_layers,
+    distill,
+    distill_general,
+    distill_task,
+    init_from_teacher_layers,
+)
 from qingbert.distillation.losses import kd_ce
-from qingbert.pretraining.mlm import IGNORE, WWMCollator
-from qingbert.pretraining.pretrain import pretrain
-from qingbert.pretraining.mlm import tokenizer_info
-from qingbert.training.loop import list_checkpoints
+from qingbert.distillation.matches import Shape, preset_matches, resolve_matches
+from qingbert.distillation.objectives import GeneralDistillObjective
+from qingbert.errors import QingbertError
 from qingbert.models.loading import load_tokenizer
+from qingbert.pretraining.mlm import IGNORE, WWMCollator, tokenizer_info
+from qingbert.pretraining.pretrain import pretrain
+from qingbert.training.loop import list_checkpoints
 
 from .conftest import cli_env, run_cli, run_without_qingbert
 
@@ -356,10 +360,10 @@ print("ok")
 
 
 def test_task_teacher_cache_gives_the_same_targets(sentiment_teacher, tiny_model):
-    from qingbert.distillation.objectives import IndexCollator
     from qingbert.distillation.distill import TaskDistiller
-    from qingbert.tasks.heads import HEADS
+    from qingbert.distillation.objectives import IndexCollator
     from qingbert.tasks.finetune import FinetuneConfig, load_for_task
+    from qingbert.tasks.heads import HEADS
     from qingbert.tasks.readers import load_task
 
     t = load_task("builtin:reviews-sentiment")

@@ -8,15 +8,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qingbert.pretraining.electra import (
-    GENERATOR, ElectraConfig, ElectraObjective, load_electra, make_objective, replace_tokens)
-from qingbert.errors import QingbertError
-from qingbert.pretraining.mlm import IGNORE
 from qingbert.data.prepare import load_prepared
-from qingbert.pretraining.pretrain import PretrainConfig
-from qingbert.training.loop import Trainer, TrainConfig
+from qingbert.errors import QingbertError
 from qingbert.models.loading import load_tokenizer
 from qingbert.models.tokenizer import save_tokenizer
+from qingbert.pretraining.electra import (
+    GENERATOR,
+    ElectraConfig,
+    ElectraObjective,
+    load_electra,
+    make_objective,
+    replace_tokens,
+)
+from qingbert.pretraining.mlm import IGNORE
+from qingbert.pretraining.pretrain import PretrainConfig
+from qingbert.training.loop import TrainConfig, Trainer
 
 from .conftest import run_without_qingbert
 
@@ -293,7 +299,8 @@ print("ok")
 def test_generator_head_runs_only_at_masked_positions_like_bert():
     """mlm.mlm_head finds ELECTRA's two-module generator head, so masked_lm_loss (and general distillation)
     run it at the masked positions only; the loss equals the model's own full-head loss."""
-    from transformers import ElectraConfig as HFConfig, ElectraForMaskedLM
+    from transformers import ElectraConfig as HFConfig
+    from transformers import ElectraForMaskedLM
 
     from qingbert.pretraining.mlm import masked_lm_loss, mlm_head
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from qingbert.data.text import clean_text
 from qingbert.cli.main import build_parser
+from qingbert.data.text import clean_text
 from qingbert.embeddings.encoder import SentenceEncoder, TruncationWarning
 from qingbert.embeddings.simcse import cosent_loss, info_nce, train_simcse
 from qingbert.embeddings.st_format import folder_settings

@@ -9,10 +9,10 @@ import pytest
 from onnx import numpy_helper
 
 import qingbert
-from qingbert.errors import QingbertError
 from qingbert.deploy.export import check_parity, export
-from qingbert.tasks.finetune import finetune
+from qingbert.errors import QingbertError
 from qingbert.models.backends import available_backends, describe
+from qingbert.tasks.finetune import finetune
 
 from .conftest import run_cli
 

@@ -8,8 +8,8 @@ import torch
 
 from qingbert.data import builtin
 from qingbert.errors import QingbertError
-from qingbert.tasks.finetune import finetune
 from qingbert.models.loading import load_tokenizer
+from qingbert.tasks.finetune import finetune
 
 from .conftest import run_cli, run_without_qingbert
 

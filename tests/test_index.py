@@ -1,15 +1,18 @@
 """Semantic search index: build, reload, query by vector and by text, factories, errors, CLI."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
 
-from qingbert.data.builtin import reviews
-from qingbert.errors import QingbertError
 from qingbert.cli.main import build_parser
-from qingbert.deploy.index import build_index, embed, load_index
+from qingbert.data.builtin import reviews
 from qingbert.data.corpus import read_corpus
+from qingbert.deploy.index import build_index, embed, load_index
+from qingbert.errors import QingbertError
+
+from .conftest import run_cli
 
 N = 50
 
@@ -182,3 +185,10 @@ def test_full_width_text_is_cleaned_like_the_training_text(model):
     enc = model.sentence_encoder("mean")
     enc.encode([full, half])
     assert enc.last_lengths[0] == enc.last_lengths[1] == len(model.tokenizer(half)["input_ids"])
+
+
+def test_index_without_faiss_says_which_extra_to_install(tiny_model, corpus, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # as if faiss-cpu were not installed
+    r = run_cli("index", "build", "--model", str(tiny_model), "--corpus", str(corpus[0]), "--out", str(tmp_path / "i"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "needs the 'faiss' package" in r.stderr and "pip install 'qingbert[search]'" in r.stderr

@@ -102,3 +102,17 @@ def test_import_qingbert_stays_light():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
     assert importlib.import_module("qingbert").load is importlib.import_module("qingbert.deploy.inference").load
+
+
+def test_a_missing_extra_names_its_pip_install(monkeypatch):
+    import tomllib
+
+    from qingbert.errors import EXTRAS, QingbertError, require
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    assert set(EXTRAS.values()) <= set(extras) and "all" in extras
+    for module, extra in (("faiss", "search"), ("gensim.models", "macbert"), ("onnxruntime", "export"),
+                          ("fastapi", "serve"), ("scipy.stats", "embeddings")):
+        monkeypatch.setitem(sys.modules, module.split(".")[0], None)  # as if it were not installed
+        with pytest.raises(QingbertError, match=rf"pip install 'qingbert\[{extra}\]'"):
+            require(module, "this verb")

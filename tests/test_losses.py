@@ -11,10 +11,22 @@ import numpy as np
 import pytest
 import torch
 
-from qingbert.errors import QingbertError
 from qingbert.distillation.losses import (
-    FEATURE_OF, LOSSES, Schedule, attention_kl, attention_mse, get_loss, hard_ce, hidden_cos, hidden_mse, kd_ce,
-    kd_mse, make_projection, pkd)
+    FEATURE_OF,
+    LOSSES,
+    Schedule,
+    attention_kl,
+    attention_mse,
+    get_loss,
+    hard_ce,
+    hidden_cos,
+    hidden_mse,
+    kd_ce,
+    kd_mse,
+    make_projection,
+    pkd,
+)
+from qingbert.errors import QingbertError
 
 B, L, C, D = 2, 5, 4, 6
 # batch 0 has 3 real tokens, batch 1 has all 5

@@ -8,8 +8,18 @@ import torch
 
 from qingbert.errors import QingbertError
 from qingbert.pretraining.macbert import (
-    FORMAT, MacBERTCollator, MacBERTConfig, SimilarWords, build_similar_words, load_similar_words, macbert_mask,
-    make_objective, pretraining_loss, sop_example, to_pretraining_model)
+    FORMAT,
+    MacBERTCollator,
+    MacBERTConfig,
+    SimilarWords,
+    build_similar_words,
+    load_similar_words,
+    macbert_mask,
+    make_objective,
+    pretraining_loss,
+    sop_example,
+    to_pretraining_model,
+)
 from qingbert.pretraining.mlm import IGNORE, WWMCollator
 
 TINY = {"overrides": {"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2},

@@ -7,8 +7,19 @@ never obtained by calling the function under test.
 import pytest
 
 from qingbert.tasks.metrics import (
-    accuracy, bio_decode, bio_encode, cmrc_scores, entity_scores, exact_match, lcs_len, macro_f1,
-    mixed_segmentation, pair_f1, remove_punctuation, spans_from_cluener)
+    accuracy,
+    bio_decode,
+    bio_encode,
+    cmrc_scores,
+    entity_scores,
+    exact_match,
+    lcs_len,
+    macro_f1,
+    mixed_segmentation,
+    pair_f1,
+    remove_punctuation,
+    spans_from_cluener,
+)
 
 # ---------------------------------------------------------------- classification
 

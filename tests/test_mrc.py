@@ -9,11 +9,11 @@ import torch
 from datasets import Dataset
 from transformers import BertConfig, BertForQuestionAnswering
 
-from qingbert.training.batching import run_model
+from qingbert.models.loading import load_tokenizer
 from qingbert.tasks.mrc import QACollator, QAObjective, decode_qa, encode_qa, score_qa
 from qingbert.tasks.readers import QAExample, load_task
-from qingbert.training.loop import Trainer, TrainConfig
-from qingbert.models.loading import load_tokenizer
+from qingbert.training.batching import run_model
+from qingbert.training.loop import TrainConfig, Trainer
 
 LONG_CONTEXT = "".join(f"第{i}段介绍了这座城市在不同年代的历史、交通和文化。" for i in range(1, 41)) + \
     "在最后一场比赛中，来自南方的李明获得了冠军。"

@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from qingbert.errors import QingbertError
-from qingbert.training.batching import run_model
-from qingbert.tasks.ner import (
-    REPORT_KEYS, NERCollator, NERObjective, bio_labels, decode_ner, encode_ner, score_ner)
+from qingbert.tasks.ner import REPORT_KEYS, NERCollator, NERObjective, bio_labels, decode_ner, encode_ner, score_ner
 from qingbert.tasks.readers import SpanExample, load_task
+from qingbert.training.batching import run_model
 
 TYPES = ["LOC", "ORG", "PER"]
 TAGS = bio_labels(TYPES)
@@ -35,8 +34,8 @@ def pd_task():
 def tok(pd_task):
     """A WordPiece vocabulary of People's Daily training text, as a BertTokenizer (size 8000 keeps every character,
     which makes the vocabulary, and so the training test, the same on every run)."""
-    from qingbert.models.tokenizer import make_tokenizer
     from qingbert.data.vocab import train_vocab
+    from qingbert.models.tokenizer import make_tokenizer
 
     return make_tokenizer(train_vocab([e.text for e in pd_task.splits["train"][:1500]], size=8000))
 
@@ -241,8 +240,8 @@ def test_finetune_builtin_ner_end_to_end_loads_without_qingbert(tiny_model, tmp_
     """`finetune` on the built-in People's Daily NER: dev scores per type, predictions, a plain HF folder."""
     import json
 
-    from qingbert.tasks.ner import NERHead
     from qingbert.tasks.finetune import finetune
+    from qingbert.tasks.ner import NERHead
 
     from .conftest import run_without_qingbert
 

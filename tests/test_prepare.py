@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from qingbert.data import builtin
-from qingbert.errors import QingbertError
 from qingbert.data.prepare import load_prepared, prepare
+from qingbert.errors import QingbertError
 
 from .conftest import cli_env, run_cli, run_without_qingbert
 

@@ -12,13 +12,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertConfig, BertForMaskedLM
 
-from qingbert.errors import QingbertError
-from qingbert.pretraining.mlm import IGNORE, MaskingConfig, WWMCollator, masked_lm_loss
 from qingbert.data.prepare import load_prepared
-from qingbert.pretraining.pretrain import pretrain
-from qingbert.pretraining.mlm import tokenizer_info
-from qingbert.training.loop import list_checkpoints
+from qingbert.errors import QingbertError
 from qingbert.models.loading import load_tokenizer
+from qingbert.pretraining.mlm import IGNORE, MaskingConfig, WWMCollator, masked_lm_loss, tokenizer_info
+from qingbert.pretraining.pretrain import pretrain
+from qingbert.training.loop import list_checkpoints
 
 from .conftest import cli_env, run_cli, run_without_qingbert
 

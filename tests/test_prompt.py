@@ -7,11 +7,19 @@ import random
 import pytest
 import torch
 
-from qingbert.tasks import prompt
 from qingbert.errors import QingbertError
+from qingbert.tasks import prompt
 from qingbert.tasks.prompt import (
-    PromptCollator, PromptObjective, encode_prompts, evaluate_prompt, parse_template, parse_verbalizer,
-    prompt_finetune, prompt_predict, sample_examples)
+    PromptCollator,
+    PromptObjective,
+    encode_prompts,
+    evaluate_prompt,
+    parse_template,
+    parse_verbalizer,
+    prompt_finetune,
+    prompt_predict,
+    sample_examples,
+)
 from qingbert.tasks.readers import TextExample
 
 from .conftest import run_without_qingbert
@@ -45,8 +53,8 @@ def tok_and_model(sentiment_dir, tmp_path_factory):
     from transformers import BertConfig, BertForMaskedLM
 
     from qingbert.data.text import clean_text
-    from qingbert.models.tokenizer import make_tokenizer
     from qingbert.data.vocab import train_vocab
+    from qingbert.models.tokenizer import make_tokenizer
 
     texts = [line.split("\t", 1)[1] for f in sorted(sentiment_dir.glob("*.tsv"))
              for line in f.read_text(encoding="utf-8").splitlines()[1:]]

@@ -3,9 +3,9 @@
 import pytest
 
 from qingbert.data import builtin
+from qingbert.data.segment import get_segmenter, span_counts
 from qingbert.data.text import is_cjk
 from qingbert.errors import QingbertError
-from qingbert.data.segment import get_segmenter, span_counts
 
 
 def test_rjieba_matches_jieba_on_real_text():

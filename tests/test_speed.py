@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from qingbert.errors import QingbertError
 from qingbert.deploy.speed import SpeedConfig, speed
+from qingbert.errors import QingbertError
 
 from .conftest import run_cli
 

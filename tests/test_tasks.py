@@ -9,8 +9,7 @@ import pytest
 
 from qingbert.data import builtin
 from qingbert.errors import QingbertError
-from qingbert.tasks.readers import (
-    TASKS, QAExample, SpanExample, TextExample, load_generic, load_task, pos_to_spans)
+from qingbert.tasks.readers import TASKS, QAExample, SpanExample, TextExample, load_generic, load_task, pos_to_spans
 
 
 def jl(path: Path, rows, raw_lines=()) -> Path:

@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from qingbert.models import loading, zoo
 from qingbert.errors import QingbertError
+from qingbert.models import loading, zoo
 
 MINIRBT_TABLE = ["roberta-wwm-ext", "rbt6", "rbt3", "rbt4-h312", "minirbt-h256", "minirbt-h288"]
 
@@ -325,8 +325,8 @@ def test_hub_errors_are_translated(monkeypatch, exc):
 
 
 def test_hub_library_errors_are_translated(monkeypatch):
-    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
     import transformers
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: True)
