@@ -8,7 +8,8 @@ sentence-transformers folder layout, read (:func:`~qingbert.embeddings.st_format
 warned about.  ``inputs``: what the stages read (a corpus file, labelled sentence pairs of a task).
 ``whitening``: BERT-whitening, fitted and stored with the model.  ``simcse``: unsupervised SimCSE and supervised
 pair training (CoSENT, in-batch negatives) on the one training loop.  ``sts``: Spearman correlation on
-sentence-pair tasks.  ``commands``: the ``encode``, ``whiten``, ``simcse`` and ``eval-sts`` verbs.
+sentence-pair tasks.  (Their verbs live in
+:mod:`qingbert.cli.embeddings`.)
 
 Floor 7: imports ``errors``, ``manifest``, ``training``, ``models``, ``data``, ``pretraining`` and ``tasks``;
 never its sibling ``distillation``, nor ``deploy``, ``serve``, ``cli``.

@@ -9,7 +9,8 @@ errors as ours).  ``metrics``: the Prometheus text metrics.  ``batcher``: the mi
 requests into model calls.  ``state``: one app's model, index, batchers and metrics.  ``guard``: the ASGI middleware
 (API key, body size, UTF-8, content type, request metrics).  ``app``: the FastAPI app and its routes
 (:func:`create_app`, :func:`app_from_env`).  ``workers``: :func:`serve` with its ``--workers`` processes and their
-supervisor, and :func:`running_server`.  ``commands``: the ``qingbert serve`` verb (``add_cli``, ``run_cli``).
+supervisor, and :func:`running_server`.  (The ``serve`` verb lives in
+:mod:`qingbert.cli.serve`.)
 
 Floor 9: imports every floor below (deploy, embeddings, tasks, models, data, ...); never cli or demo.
 """
