@@ -7,8 +7,10 @@ import os
 import platform
 import sys
 import time
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
+from typing import Iterator
 
 from qingbert.errors import QingbertError
 
@@ -23,6 +25,7 @@ DISTILLED_FORMAT = "qingbert.distilled/1"  # distill: a student
 EMBEDDINGS_FORMAT = "qingbert.embeddings/1"  # whiten, simcse: a sentence-transformers folder
 INDEX_FORMAT = "qingbert.index/1"  # index build: a faiss index of a corpus
 SIMILAR_WORDS_FORMAT = "qingbert.similar-words/1"  # similar-words: MacBERT's similar-word table
+VOCAB_FORMAT = "qingbert.vocab/1"  # vocab: a tokenizer folder
 BENCH_FORMAT = "qingbert.bench/1"  # bench: a whole protocol run
 BENCH_RUN_FORMAT = "qingbert.bench-run/1"  # bench: one fine-tuning run of it
 _LIBS = ("torch", "transformers", "tokenizers", "datasets", "accelerate", "rjieba", "jieba")
@@ -65,10 +68,26 @@ def write_manifest(folder: str | Path, record: dict) -> Path:
 
 
 def read_manifest(folder: str | Path) -> dict | None:
+    """The folder's manifest, ``None`` when it has none; a manifest that is not a JSON object is an error naming it."""
     path = Path(folder) / MANIFEST
-    if not path.exists():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path) if path.is_file() else None
+
+
+def read_json(path: str | Path, hint: str = "the folder was damaged: re-run the stage that wrote it") -> dict:
+    """A JSON object from a file a stage wrote (a manifest, a ``config.json``); anything else is an error naming the
+    file and line."""
+    from qingbert.errors import QingbertError
+
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise QingbertError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})", hint=hint) from None
+    except json.JSONDecodeError as e:
+        raise QingbertError(f"{path}:{e.lineno}: not valid JSON ({e.msg})", hint=hint) from None
+    if not isinstance(record, dict):
+        raise QingbertError(f"{path}: a JSON {type(record).__name__}, not an object", hint=hint)
+    return record
 
 
 def check_out_folder(out: str | Path, overwrite: bool, *, what: str, fmt: str | tuple = (), is_ours=None,
@@ -101,6 +120,33 @@ def check_out_folder(out: str | Path, overwrite: bool, *, what: str, fmt: str | 
         if not ours and not (is_ours is not None and is_ours(out)):
             raise QingbertError(f"{out}: refusing to overwrite a folder that is not {what}")
     return out
+
+
+@contextmanager
+def replace_folder(out: str | Path, overwrite: bool, *, what: str, fmt: str | tuple = (), is_ours=None,
+                   inputs: dict | None = None) -> Iterator[Path]:
+    """Write a folder all at once: :func:`check_out_folder`, then yield a fresh staging folder beside ``out``; when the
+    block ends without error the staging folder takes ``out``'s place (a replaced folder of ours is removed only
+    then), and when it fails the staging folder is removed and ``out`` is as it was."""
+    import shutil
+
+    out = check_out_folder(out, overwrite, what=what, fmt=fmt, is_ours=is_ours, inputs=inputs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.qingbert-{os.getpid()}.tmp"
+    if stage.exists():  # (a name only this function makes, left by a killed run of this process id)
+        shutil.rmtree(stage)
+    stage.mkdir()
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    old = out.parent / f".{out.name}.qingbert-{os.getpid()}.old"
+    if out.exists():
+        os.replace(out, old)
+    os.replace(stage, out)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def fresh_folder(out: str | Path, overwrite: bool, fmt: str, what: str) -> Path:

@@ -7,6 +7,37 @@ import argparse
 from qingbert.errors import QingbertError
 from qingbert.tasks.readers import load_generic
 
+# ---------------------------------------------------------------------------
+# numbers, checked when the arguments are parsed (a bad one is argparse's usage line + "argument --x: ...", exit 2)
+
+
+def _number(cast, lo=None, hi=None, lo_open=False, hi_open=False, name="number"):
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {'an integer' if cast is int else 'a number'}: '{text}'") from None
+        if value != value or (lo is not None and (value < lo or (lo_open and value == lo))) or \
+                (hi is not None and (value > hi or (hi_open and value == hi))):
+            left = "" if lo is None else ("(" if lo_open else "[") + f"{lo:g}"
+            right = "" if hi is None else f"{hi:g}" + (")" if hi_open else "]")
+            rng = f"in {left}, {right}" if lo is not None and hi is not None else (
+                f"{'>' if lo_open else '>='} {lo:g}" if lo is not None else f"{'<' if hi_open else '<='} {hi:g}")
+            raise argparse.ArgumentTypeError(f"must be {rng}, got {text}")
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+positive_int = _number(int, lo=1, name="positive integer")
+count = _number(int, lo=0, name="count")  # 0 allowed (0 = off / all / one per core, as each flag says)
+positive = _number(float, lo=0, lo_open=True, name="positive number")
+non_negative = _number(float, lo=0, name="non-negative number")
+probability = _number(float, lo=0, hi=1, lo_open=True, hi_open=True, name="probability")
+ratio = _number(float, lo=0, hi=1, hi_open=True, name="ratio")
+port = _number(int, lo=1, hi=65535, name="port")
+
 
 def add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE",
@@ -17,40 +48,40 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep exact duplicate lines")
 
 
-TRAIN_FLAGS = (("batch-size", int, "sequences per process per step (default 32)"),
-               ("grad-accum", int, "gradient accumulation steps (default 1)"),
-               ("epochs", float, "passes over the data"),
-               ("max-steps", int, "optimizer steps; overrides --epochs"),
-               ("lr", float, "peak learning rate"),
-               ("warmup-ratio", float, "share of steps warming up (default 0.06)"),
-               ("weight-decay", float, "AdamW weight decay (default 0.01)"),
+TRAIN_FLAGS = (("batch-size", positive_int, "sequences per process per step (default 32)"),
+               ("grad-accum", positive_int, "gradient accumulation steps (default 1)"),
+               ("epochs", non_negative, "passes over the data"),
+               ("max-steps", count, "optimizer steps; overrides --epochs"),
+               ("lr", positive, "peak learning rate"),
+               ("warmup-ratio", ratio, "share of steps warming up (default 0.06)"),
+               ("weight-decay", non_negative, "AdamW weight decay (default 0.01)"),
                ("mixed-precision", str, "no | fp16 | bf16 (default no; fp32 on CPU)"),
-               ("eval-every", int, "evaluate every N steps (default: at the end)"),
-               ("save-every", int, "checkpoint every N steps (0 = never)"),
-               ("keep-last", int, "checkpoints kept (default 2)"),
-               ("log-every", int, "log every N steps (default 10)"),
+               ("eval-every", count, "evaluate every N steps (default: at the end)"),
+               ("save-every", count, "checkpoint every N steps (0 = never)"),
+               ("keep-last", positive_int, "checkpoints kept (default 2)"),
+               ("log-every", positive_int, "log every N steps (default 10)"),
                ("seed", int, "random seed (default 42)"),
-               ("threads", int, "torch CPU threads per process (default: torch's)"))
-PRETRAIN_FLAGS = (("mlm-probability", float, "share of tokens masked, whole words (default 0.15)"),
-                  ("max-ngram", int, "n-gram whole-word masking up to n words (default 1)"),
+               ("threads", count, "torch CPU threads per process (default: torch's)"))
+PRETRAIN_FLAGS = (("mlm-probability", probability, "share of tokens masked, whole words (default 0.15)"),
+                  ("max-ngram", positive_int, "n-gram whole-word masking up to n words (default 1)"),
                   ("init", str, "a zoo shape's initialisation: local-attention (default; first-layer heads start "
                                 "out looking at the neighbouring tokens) or default (transformers' own)"),
-                  ("train-dropout", float, "dropout while pretraining (default: the model's; the saved config "
+                  ("train-dropout", ratio, "dropout while pretraining (default: the model's; the saved config "
                                            "keeps the model's own for fine-tuning)"))
-FINETUNE_FLAGS = (("max-len", int, "tokens per sequence / MRC window (default 128)"),
-                  ("doc-stride", int, "MRC: tokens shared by consecutive windows (default max-len/4)"),
-                  ("max-query-len", int, "MRC: question tokens kept (default 64)"),
-                  ("max-answer-len", int, "MRC: longest answer in tokens (default 50)"),
-                  ("n-best", int, "MRC: candidates per window (default 20)"),
-                  ("max-train-examples", int, "use a fixed random subset of the training set"),
+FINETUNE_FLAGS = (("max-len", positive_int, "tokens per sequence / MRC window (default 128)"),
+                  ("doc-stride", count, "MRC: tokens shared by consecutive windows (default max-len/4)"),
+                  ("max-query-len", positive_int, "MRC: question tokens kept (default 64)"),
+                  ("max-answer-len", positive_int, "MRC: longest answer in tokens (default 50)"),
+                  ("n-best", positive_int, "MRC: candidates per window (default 20)"),
+                  ("max-train-examples", count, "use a fixed random subset of the training set"),
                   ("tokenizer", str, "vocabulary for --model random:<zoo name>"))
 
-DISTILL_FLAGS = (("temperature", float, "KD temperature (default 1; a schedule in --config)"),
+DISTILL_FLAGS = (("temperature", positive, "KD temperature (default 1; a schedule in --config)"),
                  ("kd-loss", str, "kd_ce (default) or kd_mse"),
-                 ("kd-weight", float, "weight of the logits KD loss (default 1)"),
-                 ("hard-weight", float, "weight of the hard-label loss (default: 0 general, 1 task stage)"),
-                 ("fit-teacher-head", int, "train an untrained teacher MLM head alone for N steps first"),
-                 ("mlm-probability", float, "general stage: share of tokens masked, whole words (default 0.15)"),
+                 ("kd-weight", non_negative, "weight of the logits KD loss (default 1)"),
+                 ("hard-weight", non_negative, "weight of the hard-label loss (default: 0 general, 1 task stage)"),
+                 ("fit-teacher-head", count, "train an untrained teacher MLM head alone for N steps first"),
+                 ("mlm-probability", probability, "general stage: share of tokens masked, whole words (default 0.15)"),
                  ("init", str, "a student built from scratch (zoo shape): local-attention (default) or default"),
                  ("teacher-backend", str, "general stage, CPU: auto (default: onnx where it applies, else torch), "
                   "torch, onnx (fused ONNX Runtime graph, same outputs) or onnx-int8 (int8 teacher: faster, "

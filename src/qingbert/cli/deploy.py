@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from qingbert.cli.common import count, positive_int
 from qingbert.deploy.index import POOLINGS, build_index, load_index
 from qingbert.deploy.inference import load
 from qingbert.deploy.prune import prune_summary, prune_vocab
@@ -27,9 +28,10 @@ def add_export(sub) -> None:
     p.add_argument("--int8", action="store_true", help="the int8 (dynamically quantised) graph")
     p.add_argument("--task", default=None, help="task to check dev parity on (default: the model's own)")
     p.add_argument("--data", default=None, help="the task's files, when they are not built in")
-    p.add_argument("--max-dev-examples", type=int, default=1000, help="dev examples scored per backend")
+    p.add_argument("--max-dev-examples", type=positive_int, default=1000, help="dev examples scored per backend")
     p.add_argument("--force", action="store_true", help="keep an export whose parity check failed")
-    p.add_argument("--threads", type=int, default=0, help="threads for the measurements (default: all cores)")
+    p.add_argument("--threads", type=count, default=0, help="threads for the measurements (default: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out (never the model)")
     p.set_defaults(run=run_export)
 
 
@@ -39,7 +41,7 @@ def run_export(args) -> int:
     both = not args.onnx and not args.int8  # neither flag: both graphs
     rec = export(args.model, args.out, onnx=args.onnx or both, int8=args.int8 or both, task=args.task,
                  data_dir=args.data, force=args.force, max_dev_examples=args.max_dev_examples,
-                 threads=args.threads)
+                 threads=args.threads, overwrite=args.overwrite)
     print(export_summary(rec))
     print(f"wrote {args.out} (transformers files + onnx/; qingbert.load picks the fastest backend)")
     return 0
@@ -51,8 +53,8 @@ def add_speed(sub) -> None:
     p.add_argument("--out", default="speed", help="folder for speed.json / speed.md / speed.png")
     p.add_argument("--grid", default="1x32,8x64,32x128", help="batch x sequence length points")
     p.add_argument("--backends", default="torch,onnx,onnx-int8")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=0, help="threads (default: one per core)")
+    p.add_argument("--repeats", type=positive_int, default=5)
+    p.add_argument("--threads", type=count, default=0, help="threads (default: one per core)")
     p.add_argument("--base", default="roberta-wwm-ext", help="the reference for speedups (torch eager fp32)")
     p.set_defaults(run=run_speed)
 
@@ -85,7 +87,7 @@ def add_index(sub) -> None:
     b.add_argument("--out", required=True, help="index folder to write")
     b.add_argument("--factory", default="Flat",
                    help="faiss index factory string: Flat (exact, default), HNSW32, IVF<lists>,Flat, IVF<lists>,PQ<m>")
-    b.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default 64)")
+    b.add_argument("--batch-size", type=positive_int, default=64, help="texts per forward pass (default 64)")
     b.add_argument("--pooling", default="mean", choices=POOLINGS, help="sentence vector pooling (default mean)")
     b.add_argument("--backend", default=None, help="torch, onnx or onnx-int8 (default: the fastest in the folder)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
@@ -94,7 +96,7 @@ def add_index(sub) -> None:
                                        "{query, rank, id, text, score}")
     q.add_argument("--index", required=True, help="index folder written by `qingbert index build`")
     q.add_argument("--text", action="append", required=True, help="query text (repeat for several)")
-    q.add_argument("--k", type=int, default=5, help="hits per query (default 5)")
+    q.add_argument("--k", type=positive_int, default=5, help="hits per query (default 5)")
     q.add_argument("--model", default=None, help="model folder for the queries (default: the one the index names)")
     q.add_argument("--backend", default=None, help="torch, onnx or onnx-int8 (default: the fastest)")
     p.set_defaults(run=run_index)
@@ -127,7 +129,7 @@ def add_prune_vocab(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (loads with plain transformers)")
     p.add_argument("--keep", default=None,
                    help="tokens to keep whatever the corpus says: a file with one token per line, or a comma list")
-    p.add_argument("--min-count", type=int, default=1,
+    p.add_argument("--min-count", type=positive_int, default=1,
                    help="keep tokens the corpus has at least N times (default 1: outputs on the corpus stay exact)")
     p.add_argument("--text-field", default="text", help="field holding the text in .jsonl files (default: text)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")

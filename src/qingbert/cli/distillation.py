@@ -7,6 +7,7 @@ from qingbert.cli.common import (
     FINETUNE_FLAGS,
     add_train_args,
     load_recipe_any,
+    positive_int,
     print_skips,
     recipe_with_flags,
     task_from_args,
@@ -44,11 +45,11 @@ def add_distill(sub) -> None:
     p.add_argument("--hidden-only", action="store_true", help="no logits KD: hidden-state matches only")
     p.add_argument("--no-t2", dest="kd_t2", action="store_false",
                    help="do not multiply the KD cross-entropy by T^2 (TextBrewer's convention)")
-    p.add_argument("--assistant-steps", type=int, default=None, help="optimizer steps of the assistant stage")
+    p.add_argument("--assistant-steps", type=positive_int, default=None, help="optimizer steps of the assistant stage")
     p.add_argument("--config", default=None, help="YAML recipe: any option below, plus matches, schedules ...")
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint")
     add_train_args(p, DISTILL_FLAGS + FINETUNE_FLAGS[:1])
-    p.add_argument("--layers", type=int, default=None, help="for a zoo-shape student: number of layers")
+    p.add_argument("--layers", type=positive_int, default=None, help="for a zoo-shape student: number of layers")
     p.set_defaults(run=run_distill)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qingbert.cli.common import count, non_negative, positive, positive_int
 from qingbert.data.corpus import input_lines
 from qingbert.embeddings.encoder import SentenceEncoder, TruncationWarning
 from qingbert.embeddings.inputs import task_pairs
@@ -34,8 +35,9 @@ def add_encoder_args(p, pooling_default=None) -> None:
                    help="mean, cls, max, first-last-avg, last-avg, pooler, REDUCE_MEAN, REDUCE_MAX, REDUCE_MEAN_MAX, "
                         "CLS_TOKEN (default: the folder's own, else mean)")
     p.add_argument("--pooling-layer", type=int, default=None, help="layer to pool, -1 = last (default), -2 ...")
-    p.add_argument("--max-len", type=int, default=None, help="tokens per text (default: the folder's / model's)")
-    p.add_argument("--batch-size", type=int, default=64, help="texts per batch (default 64)")
+    p.add_argument("--max-len", type=positive_int, default=None,
+                   help="tokens per text (default: the folder's / model's)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="texts per batch (default 64)")
 
 
 def add_encode(sub) -> None:
@@ -56,7 +58,7 @@ def add_whiten(sub) -> None:
     add_encoder_args(p)
     p.add_argument("--corpus", required=True, help="UTF-8 text file, one sentence per line")
     p.add_argument("--out", required=True, help="output folder (model + whitening)")
-    p.add_argument("--n-components", type=int, default=None, help="keep the first K dimensions (default: all)")
+    p.add_argument("--n-components", type=positive_int, default=None, help="keep the first K dimensions (default: all)")
     p.set_defaults(run=run_whiten)
 
 
@@ -69,16 +71,16 @@ def add_simcse(sub) -> None:
     p.add_argument("--data", default=None, help="the task's folder (default $QINGBERT_TASK_DIR/<task>)")
     p.add_argument("--split", default="train", help="task split to train on (default train)")
     p.add_argument("--out", required=True, help="output folder (sentence-transformers layout)")
-    p.add_argument("--temperature", type=float, default=None, help="InfoNCE temperature (default 0.05)")
+    p.add_argument("--temperature", type=positive, default=None, help="InfoNCE temperature (default 0.05)")
     p.add_argument("--pooling", default=None, help="mean (default), cls, max or mean-max")
     p.add_argument("--sup-loss", default=None, help="supervised: cosent (default), in-batch or both")
-    p.add_argument("--max-len", type=int, default=None, help="tokens per sentence (default 64)")
-    for name, typ, hlp in (("max-steps", int, "optimizer steps (overrides --epochs)"),
-                           ("epochs", float, "passes over the data (default 1)"),
-                           ("batch-size", int, "sentences (pairs) per step (default 64)"),
-                           ("lr", float, "peak learning rate (default 3e-5)"),
+    p.add_argument("--max-len", type=positive_int, default=None, help="tokens per sentence (default 64)")
+    for name, typ, hlp in (("max-steps", count, "optimizer steps (overrides --epochs)"),
+                           ("epochs", non_negative, "passes over the data (default 1)"),
+                           ("batch-size", positive_int, "sentences (pairs) per step (default 64)"),
+                           ("lr", positive, "peak learning rate (default 3e-5)"),
                            ("seed", int, "random seed (default 42)"),
-                           ("save-every", int, "checkpoint every N steps (default 0 = never)")):
+                           ("save-every", count, "checkpoint every N steps (default 0 = never)")):
         p.add_argument("--" + name, type=typ, default=None, help=hlp)
     p.set_defaults(run=run_simcse)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qingbert.cli.common import PRETRAIN_FLAGS, add_train_args, recipe_with_flags
+from qingbert.cli.common import PRETRAIN_FLAGS, add_train_args, positive, positive_int, recipe_with_flags
 
 HELP = {
     "pretrain": "pretraining on prepared shards (from scratch or continued): whole-word-masking MLM, MacBERT or "
@@ -23,15 +23,16 @@ def add_pretrain(sub) -> None:
     add_train_args(p, PRETRAIN_FLAGS)
     p.add_argument("--document-mask", action="store_true", default=None,
                    help="packed texts attend only to themselves (no attention across the texts of a sequence)")
-    p.add_argument("--layers", type=int, default=None, help="for a zoo shape: number of layers (a smaller teacher)")
+    p.add_argument("--layers", type=positive_int, default=None,
+                   help="for a zoo shape: number of layers (a smaller teacher)")
     p.add_argument("--objective", default=None, choices=("wwm", "macbert", "electra"),
                    help="wwm (whole-word-masking MLM, default), macbert (similar-word correction + n-grams, needs "
                         "--similar-words) or electra (generator + replaced-token detection)")
     p.add_argument("--similar-words", default=None, help="macbert: folder from `qingbert similar-words DATA`")
     p.add_argument("--sop", action="store_true", default=None, help="macbert: add sentence-order prediction")
-    p.add_argument("--generator-hidden", type=int, default=None,
+    p.add_argument("--generator-hidden", type=positive_int, default=None,
                    help="electra: generator width (default a quarter of the discriminator's)")
-    p.add_argument("--disc-weight", type=float, default=None,
+    p.add_argument("--disc-weight", type=positive, default=None,
                    help="electra: weight of the discriminator loss (default 50, as Chinese-ELECTRA)")
     p.set_defaults(run=run_pretrain)
 
@@ -71,7 +72,7 @@ def add_fill_mask(sub) -> None:
     p = sub.add_parser("fill-mask", help=HELP["fill-mask"], description=HELP["fill-mask"])
     p.add_argument("model", help="a model folder or hub id")
     p.add_argument("text", help='text with [MASK], e.g. "今天[MASK]气很好"')
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=positive_int, default=5)
     p.set_defaults(run=run_fill_mask)
 
 

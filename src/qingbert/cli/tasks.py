@@ -11,6 +11,8 @@ from qingbert.cli.common import (
     FINETUNE_FLAGS,
     add_task_args,
     add_train_args,
+    count,
+    positive_int,
     print_skips,
     recipe_with_flags,
     task_from_args,
@@ -40,13 +42,13 @@ def add_finetune(sub) -> None:
     p.add_argument("--config", default=None, help="YAML recipe: any option below (flat or training under train:)")
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
     add_train_args(p, FINETUNE_FLAGS)
-    p.add_argument("--layers", type=int, default=None, help="for random:<zoo name>: number of layers")
+    p.add_argument("--layers", type=positive_int, default=None, help="for random:<zoo name>: number of layers")
     p.add_argument("--prompt", default=None, metavar="TEMPLATE",
                    help="PET-style prompt fine-tuning through the MLM head: a template with one [MASK] and {text} "
                         "({text_a} and {text_b} for pairs), e.g. '{text}。总之很[MASK]。'; --epochs 0 = zero-shot")
     p.add_argument("--verbalizer", default=None,
                    help="with --prompt: one single-token word per label, '1:好,0:差' or a JSON / YAML file")
-    p.add_argument("--train-examples", type=int, default=None,
+    p.add_argument("--train-examples", type=positive_int, default=None,
                    help="with --prompt: a few-shot sample of the training set (e.g. 32), stratified by label, "
                         "drawn with --seed")
     p.set_defaults(run=run_finetune)
@@ -83,7 +85,7 @@ def add_predict(sub) -> None:
     p.add_argument("--backend", default=None, help="torch, onnx or onnx-int8 (default: the fastest in the folder)")
     p.add_argument("--split", default="test", help="train, dev or test (default test)")
     p.add_argument("--out", default=None, help="submission file (default MODEL/<task>_predict.json[l])")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.set_defaults(run=run_predict)
 
 
@@ -96,9 +98,9 @@ def add_bench(sub) -> None:
     p.add_argument("--lrs", default=None, help="comma-separated learning rates (default: a grid by model size)")
     p.add_argument("--epochs", default="2,3,5,10", help="comma-separated epoch counts (default 2,3,5,10)")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-len", type=int, default=128)
-    p.add_argument("--max-train-examples", type=int, default=0, help="a fixed subset of each training set")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--max-len", type=positive_int, default=128)
+    p.add_argument("--max-train-examples", type=count, default=0, help="a fixed subset of each training set")
     p.add_argument("--reference", default=None, help="the model scored 100%% in the relative table (default first)")
     p.add_argument("--keep-models", action="store_true", help="keep every fine-tuned folder (default: delete)")
     p.set_defaults(run=run_bench)

@@ -354,7 +354,12 @@ def load_prepared(folder: str | Path, split: str = "train"):
         path = folder / f
         if not path.exists():
             raise QingbertError(f"{path}: shard listed in the manifest is missing")
-        parts.append(Dataset.from_file(str(path)))
+        try:
+            parts.append(Dataset.from_file(str(path)))
+        except Exception as e:  # noqa: BLE001 - pyarrow's errors for a cut or overwritten file vary
+            raise QingbertError(f"{path}: truncated or corrupt shard ({type(e).__name__}: "
+                                f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})",
+                                hint="run `qingbert prepare` again") from None
     return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
 
 

@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 from qingbert.data import corpus
 from qingbert.data.text import Stats, is_cjk
 from qingbert.errors import QingbertError
-from qingbert.manifest import write_manifest
+from qingbert.manifest import VOCAB_FORMAT, check_out_folder, replace_folder, write_manifest
 from qingbert.models.tokenizer import make_tokenizer, save_tokenizer
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -127,8 +127,12 @@ def unk_rate(backend, texts: Iterable[str], batch: int = 4096) -> tuple[float, i
 
 def build_vocab(sources: list[str], out: str | Path, size: int = 8000, *, min_frequency: int = 2,
                 heldout: float = 0.01, lowercase: bool = True, text_field: str = "text",
-                dedup: bool = True) -> dict:
-    """``qingbert vocab``: read and clean sources, train on all but a held-out slice, report UNK rate there."""
+                dedup: bool = True, overwrite: bool = False) -> dict:
+    """``qingbert vocab``: read and clean sources, train on all but a held-out slice, report UNK rate there.
+
+    ``out`` is a new folder, or with ``overwrite`` an earlier vocabulary folder (never a model folder: its
+    embeddings would no longer match), replaced only once the new one is complete."""
+    check_out_folder(out, overwrite, what="a vocabulary folder", fmt=VOCAB_FORMAT)
     t0 = time.time()
     stats = Stats()
     train, held = [], []
@@ -141,9 +145,9 @@ def build_vocab(sources: list[str], out: str | Path, size: int = 8000, *, min_fr
     vocab = train_vocab(train, size, min_frequency=min_frequency, lowercase=lowercase)
     tokenizer = make_tokenizer(vocab, lowercase=lowercase)
     rate, n_tok = unk_rate(tokenizer.backend_tokenizer, held)
-    out = save_tokenizer(tokenizer, out)
     n_cjk = sum(1 for t in vocab if len(t) == 1 and is_cjk(t))
     report = {
+        "format": VOCAB_FORMAT,
         "stage": "vocab",
         "sources": list(sources),
         "vocab_size": len(vocab),
@@ -159,8 +163,9 @@ def build_vocab(sources: list[str], out: str | Path, size: int = 8000, *, min_fr
         "corpus": stats.to_dict(),
         "elapsed_s": round(time.time() - t0, 2),
     }
-
-    write_manifest(out, report)
+    with replace_folder(out, overwrite, what="a vocabulary folder", fmt=VOCAB_FORMAT) as stage:
+        save_tokenizer(tokenizer, stage)
+        write_manifest(stage, report)
     return report
 
 

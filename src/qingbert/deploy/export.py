@@ -33,7 +33,7 @@ import numpy as np
 
 from qingbert.deploy.inference import Model
 from qingbert.errors import QingbertError
-from qingbert.manifest import MODEL_FORMAT, read_manifest, write_manifest
+from qingbert.manifest import MODEL_FORMAT, read_manifest, replace_folder, write_manifest
 from qingbert.models.backends import ONNX_FILES, describe, open_backend
 from qingbert.models.onnx import ExportError, export_onnx, optimize_onnx, quantize_int8, random_inputs, time_runner
 from qingbert.tasks.finetune import predict_split, subset
@@ -173,18 +173,23 @@ def _copy_model(src: Path, dst: Path) -> list[str]:
 
 def export(model: str | Path, out: str | Path, onnx: bool = True, int8: bool = True, task: str | None = None,
            data_dir: str | None = None, force: bool = False, max_dev_examples: int = 1000, threads: int = 0,
-           speed_batch: int = 32, speed_seq: int = 128) -> dict:
-    """Export a model folder; returns the ``export`` section written into ``out/manifest.json``."""
-    src, out = Path(model), Path(out)
+           speed_batch: int = 32, speed_seq: int = 128, overwrite: bool = False) -> dict:
+    """Export a model folder into ``out`` (a new folder, or with ``overwrite`` an earlier export, replaced only
+    once the new one is complete); returns the ``export`` section written into ``out/manifest.json``."""
+    src, final = Path(model), Path(out)
     info = describe(src)  # a clear error for anything that is not a model folder
     if not any(src.glob("*.safetensors")) and not any(src.glob("*.bin")):
         raise ExportError(f"{src}: no model weights (model.safetensors)")
     if not onnx and not int8:
         raise ExportError("nothing to export: give --onnx and/or --int8")
-    if out.resolve() == src.resolve():
-        raise ExportError("--out must be a new folder, not the model folder itself")
-    if out.exists():
-        shutil.rmtree(out)
+    with replace_folder(final, overwrite, what="an export (its manifest has no export section)",
+                        is_ours=lambda d: "export" in (read_manifest(d) or {}), inputs={"model folder": src}) as out:
+        return _export(src, out, info, onnx, int8, task, data_dir, force, max_dev_examples, threads, speed_batch,
+                       speed_seq)
+
+
+def _export(src: Path, out: Path, info: dict, onnx: bool, int8: bool, task, data_dir, force: bool,
+            max_dev_examples: int, threads: int, speed_batch: int, speed_seq: int) -> dict:
     t0 = time.time()
     copied = _copy_model(src, out)
     fp32 = out / ONNX_FILES["onnx"]
@@ -210,7 +215,6 @@ def export(model: str | Path, out: str | Path, onnx: bool = True, int8: bool = T
     rec["passed"] = not failed
     if failed and not force:
         why = "; ".join(_why(b, p) for b, p in failed.items())
-        shutil.rmtree(out, ignore_errors=True)
         raise ExportError(f"parity check failed: {why}", hint="pass --force to keep the export anyway")
     if not onnx:  # int8 only: the fp32 graph was a step
         fp32.unlink()

@@ -8,14 +8,13 @@ quantised), by default the fastest one ``qingbert export`` measured among those 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from qingbert.errors import QingbertError, require
-from qingbert.manifest import FINETUNED_FORMAT, PREPARED_FORMAT, read_manifest
+from qingbert.manifest import FINETUNED_FORMAT, PREPARED_FORMAT, read_json, read_manifest
 from qingbert.models.loading import quiet_load
 
 BACKENDS = ("onnx-int8", "onnx", "torch")
@@ -50,7 +49,7 @@ def describe(folder: str | Path) -> dict:
     m = read_manifest(folder) or {}
     kind = m.get("task_type") if m.get("format") == FINETUNED_FORMAT else None
     if kind is None:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        config = read_json(folder / "config.json")
         arch = " ".join(config.get("architectures") or [])
         kind = ("classification" if "SequenceClassification" in arch else "ner" if "TokenClassification" in arch
                 else "mrc" if "QuestionAnswering" in arch else "encoder")
@@ -61,7 +60,7 @@ def describe(folder: str | Path) -> dict:
 
 
 def hf_labels(folder: Path) -> list:
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config = read_json(folder / "config.json")
     id2label = config.get("id2label") or {}
     return [id2label[k] for k in sorted(id2label, key=int)] if id2label else []
 

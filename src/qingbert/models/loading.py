@@ -153,9 +153,26 @@ def _from_hub(load, repo: str):
         raise QingbertError(f"cannot load '{repo}' from the Hugging Face hub: {msg}") from None
 
 
+def check_weights(folder) -> None:
+    """Every ``*.safetensors`` file of a local model folder opens (its header and size agree): a truncated or damaged
+    file is an error naming it, before transformers would report it as a traceback."""
+    from safetensors import safe_open
+
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="np") as fh:
+                fh.keys()
+        except Exception as e:  # noqa: BLE001 - safetensors' own error type
+            raise QingbertError(f"{f}: truncated or corrupt weights ({first_line(e)})",
+                                hint="re-run the stage that wrote it, or copy the folder again") from None
+
+
 def from_source(name_or_path, load):
+    """``load(source, **kw)`` for a local folder (its weights checked first) or a hub id (every hub failure one
+    QingbertError)."""
     source, local = resolve_source(name_or_path)
     if local:
+        check_weights(source)
         try:
             return load(source)
         except (OSError, ValueError) as exc:
@@ -258,5 +275,6 @@ def quiet_load(auto, folder, **kwargs):
     """``auto.from_pretrained(folder)`` (a class or its name in transformers) without transformers' chatter."""
     if isinstance(auto, str):
         auto = transformers_class(auto)
+    check_weights(folder)
     with quiet_transformers():
         return auto.from_pretrained(str(folder), **kwargs)

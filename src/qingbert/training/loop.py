@@ -62,6 +62,24 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads per process; 0 = leave torch's default
     progress: bool = True
 
+    def check(self) -> "TrainConfig":
+        """Every number in range (a recipe file is checked here as the command line's flags are at parsing)."""
+        rules = {"batch_size": (1, None), "grad_accum": (1, None), "epochs": (0, None), "max_steps": (0, None),
+                 "weight_decay": (0, None), "warmup_ratio": (0, 1), "max_grad_norm": (0, None),
+                 "eval_every": (0, None), "eval_batches": (0, None), "save_every": (0, None), "keep_last": (1, None),
+                 "log_every": (1, None), "threads": (0, None)}
+        for name, (lo, hi) in rules.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo or (hi is not None and v >= hi):
+                rng = f">= {lo}" if hi is None else f"in [{lo}, {hi})"
+                raise QingbertError(f"training option {name} must be a number {rng}, got {v!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise QingbertError(f"training option lr must be a positive number, got {self.lr!r}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise QingbertError(f"training option mixed_precision must be no, fp16 or bf16, got "
+                                f"{self.mixed_precision!r}")
+        return self
+
 
 # ---------------------------------------------------------------------------
 # RNG and checkpoint files
@@ -155,7 +173,7 @@ class Trainer:
                  cfg: TrainConfig | None = None, eval_data=None, eval_collate: Callable | None = None):
         from accelerate import Accelerator
 
-        self.cfg = cfg or TrainConfig()
+        self.cfg = (cfg or TrainConfig()).check()
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         # without any accelerator, processes started by `accelerate launch --multi_gpu` or torchrun
