@@ -265,3 +265,58 @@ def test_pair_task_lcqmc_format(tiny_model, tmp_path):
                          "threads": 1})
     assert r["labels"] == ["0", "1"] and r["dev"]["examples"] == 80
     assert r["dev"]["accuracy"] > 75, r["dev"]  # chance is 50
+
+
+def test_a_stale_run_is_never_resumed_or_shipped(tiny_model, tmp_path):
+    """Run A to 40 steps; a fresh run B (other seed) into the same folder is refused, then started over with
+    --overwrite, killed, and resumed: B's recipe continues and A's checkpoints and weights are gone."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    from qingbert.training.loop import list_checkpoints
+
+    from .conftest import cli_env
+
+    out = tmp_path / "ft"
+    common = ["finetune", "--model", str(tiny_model), "--task", "builtin:reviews-sentiment", "--out", str(out),
+              "--max-len", "32", "--max-train-examples", "64", "--batch-size", "8", "--log-every", "5"]
+    a = run_cli(*common, "--max-steps", "40", "--save-every", "10", "--seed", "1")
+    assert a.returncode == 0, a.stderr[-2000:]
+    a_weights = load_file(str(out / "model.safetensors"))
+
+    b = ["--max-steps", "300", "--save-every", "5", "--seed", "2"]
+    r = run_cli(*common, *b)
+    assert r.returncode == 2 and "holds checkpoints of an earlier run" in r.stderr and "--overwrite" in r.stderr
+    r = run_cli(*common, *b, "--resume")  # A's checkpoints for B's recipe: refused, naming what differs
+    assert r.returncode == 2 and "belongs to another run" in r.stderr and "seed 1 -> 2" in r.stderr, r.stderr
+
+    proc = subprocess.Popen([sys.executable, "-m", "qingbert", *common, *b, "--overwrite"], env=cli_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        ck = list_checkpoints(out)
+        try:
+            state = json.loads((ck[0] / "trainer_state.json").read_text()) if ck else {}
+        except (OSError, ValueError):
+            state = {}
+        if state.get("config", {}).get("seed") == 2 and state["step"] >= 10:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    steps = sorted(int(c.name.split("-")[1]) for c in list_checkpoints(out))
+    assert steps and max(steps) < 300 and 40 not in steps, steps  # B's own checkpoints only, A's are gone
+    assert not (out / "manifest.json").exists()  # the folder no longer claims A's finished model
+
+    r = run_cli(*common, *b, "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"(step {max(steps)} of 300)" in r.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["steps"] == 300 and manifest["config"]["train"]["seed"] == 2, manifest
+    b_weights = load_file(str(out / "model.safetensors"))
+    assert any(not torch.equal(a_weights[k], b_weights[k]) for k in a_weights)

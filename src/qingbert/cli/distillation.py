@@ -48,6 +48,8 @@ def add_distill(sub) -> None:
     p.add_argument("--assistant-steps", type=positive_int, default=None, help="optimizer steps of the assistant stage")
     p.add_argument("--config", default=None, help="YAML recipe: any option below, plus matches, schedules ...")
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in --out, replacing the checkpoints of an earlier run there")
     add_train_args(p, DISTILL_FLAGS + FINETUNE_FLAGS[:1])
     p.add_argument("--layers", type=positive_int, default=None, help="for a zoo-shape student: number of layers")
     p.set_defaults(run=run_distill)
@@ -79,6 +81,8 @@ def run_distill(args) -> int:
     recipe.pop("max_len", None)
     if args.resume:
         recipe["resume"] = True
+    if args.overwrite:
+        recipe["overwrite"] = True
     if args.layers:
         recipe.setdefault("overrides", {})["num_hidden_layers"] = args.layers
     if args.matches is not None:

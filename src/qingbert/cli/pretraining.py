@@ -20,6 +20,8 @@ def add_pretrain(sub) -> None:
     p.add_argument("--out", required=True, help="output model folder (checkpoints go inside)")
     p.add_argument("--config", default=None, help="YAML recipe: any option below (flat or under train:/masking:)")
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in --out, replacing the checkpoints of an earlier run there")
     add_train_args(p, PRETRAIN_FLAGS)
     p.add_argument("--document-mask", action="store_true", default=None,
                    help="packed texts attend only to themselves (no attention across the texts of a sequence)")
@@ -43,6 +45,8 @@ def run_pretrain(args) -> int:
     recipe = recipe_with_flags(args, PRETRAIN_FLAGS)
     if args.resume:
         recipe["resume"] = True
+    if args.overwrite:
+        recipe["overwrite"] = True
     if args.document_mask:
         recipe["document_mask"] = True
     if args.layers:

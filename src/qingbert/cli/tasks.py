@@ -41,6 +41,8 @@ def add_finetune(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (loads with transformers' AutoModelFor...)")
     p.add_argument("--config", default=None, help="YAML recipe: any option below (flat or training under train:)")
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in --out, replacing the checkpoints of an earlier run there")
     add_train_args(p, FINETUNE_FLAGS)
     p.add_argument("--layers", type=positive_int, default=None, help="for random:<zoo name>: number of layers")
     p.add_argument("--prompt", default=None, metavar="TEMPLATE",
@@ -60,6 +62,8 @@ def run_finetune(args) -> int:
     recipe = recipe_with_flags(args, FINETUNE_FLAGS)
     if args.resume:
         recipe["resume"] = True
+    if args.overwrite:
+        recipe["overwrite"] = True
     if args.layers:
         recipe.setdefault("overrides", {})["num_hidden_layers"] = args.layers
     if args.prompt or args.verbalizer or args.train_examples:

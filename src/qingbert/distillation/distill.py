@@ -222,7 +222,9 @@ def distill_general(teacher: str | list, student: str, data: str | Path, out: st
     t_shape, s_shape = Shape.of(teachers[0]), Shape.of(net)
     matches = resolve_matches("hidden-uniform" if cfg.matches is None else cfg.matches, t_shape, s_shape)
     objective = GeneralDistillObjective(teachers, net, cfg, matches=matches)
-    trainer = Trainer(objective, train_ds, collate, out, cfg.train, eval_data=eval_ds)
+    fingerprint = {"stage": "distill-general", "teachers": [str(n) for n in names], "student": str(student),
+                   "data": str(Path(data).resolve()), "init": s_init.get("init")}
+    trainer = Trainer(objective, train_ds, collate, out, cfg.train, eval_data=eval_ds, fingerprint=fingerprint)
     before, after, _, final = train_and_save(trainer, tokenizer, out, cfg.train.resume)
     if trainer.acc.is_main_process:
         proj = trainer.unwrapped_objective().projections

@@ -240,7 +240,8 @@ def train_simcse(model_dir: str | Path, out_dir: str | Path, texts=None, pairs=N
                 "in-batch": "supervised SimCSE (in-batch negatives, positive pairs)",
                 "both": f"supervised CoSENT (scale {cfg.scale}) + in-batch negatives"}[cfg.sup_loss]
         kind = "sup-" + cfg.sup_loss
-    trainer = Trainer(objective, train, collate, out, cfg.train)
+    trainer = Trainer(objective, train, collate, out, cfg.train,
+                      fingerprint={"stage": "simcse", "model": str(model_dir), "objective": kind})
     history = trainer.run()
     losses = [r["loss"] for r in history if r.get("split") == "train"]
     result = {"out": str(out), "objective": kind, "steps": trainer.state["step"], "losses": losses,

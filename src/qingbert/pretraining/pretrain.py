@@ -114,7 +114,10 @@ def pretrain(model: str, data: str | Path, out: str | Path, config: PretrainConf
     build = OBJECTIVES[cfg.objective]
     objective, collate, eval_collate, init = build(model, tokenizer, cfg, getattr(cfg, cfg.objective, None), data)
     saved_dropout = init.pop("config_updates", {})
-    trainer = Trainer(objective, train_ds, collate, out, cfg.train, eval_data=eval_ds, eval_collate=eval_collate)
+    fingerprint = {"stage": "pretrain", "model": model, "data": str(Path(data).resolve()), "objective": cfg.objective,
+                   "masking": asdict(cfg.masking), "overrides": cfg.overrides, "init": cfg.init}
+    trainer = Trainer(objective, train_ds, collate, out, cfg.train, eval_data=eval_ds, eval_collate=eval_collate,
+                      fingerprint=fingerprint)
     before, after, history, final = train_and_save(trainer, tokenizer, out, cfg.train.resume,
                                                    config_updates=saved_dropout)
     if trainer.acc.is_main_process:

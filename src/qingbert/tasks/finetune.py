@@ -177,7 +177,9 @@ def finetune(model: str, task: str, out: str | Path, data_dir: str | None = None
     dev_feats = None
     if cfg.train.eval_every:
         dev_feats, _ = head.encode(dev_examples, tokenizer, cfg, train=False)
-    trainer = Trainer(objective, train, collate, out, cfg.train, eval_data=dev_feats)
+    fingerprint = {"stage": "finetune" if distill is None else "distill-task", "model": str(model), "task": t.name,
+                   "max_len": cfg.max_len, "max_train_examples": cfg.max_train_examples}
+    trainer = Trainer(objective, train, collate, out, cfg.train, eval_data=dev_feats, fingerprint=fingerprint)
     trainer.run()
     result = {"steps": trainer.state["step"], "labels": head.labels, "out": str(out), "skipped": dict(t.skipped),
               "skip_examples": t.skip_examples[:5], "fixed": dict(t.fixed)}

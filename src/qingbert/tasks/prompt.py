@@ -658,7 +658,8 @@ def prompt_finetune(model: str, task, out: str | Path, data_dir: str | None = No
     else:
         train_rows, encode["train"] = encode_prompts(train_ex, tokenizer, tpl, label2id, cfg.max_len)
         trainer = Trainer(objective, train_rows, collate, out, cfg.train,
-                          eval_data=dev_rows if cfg.train.eval_every else None)
+                          eval_data=dev_rows if cfg.train.eval_every else None,
+                          fingerprint={"stage": "prompt", "model": str(model), "template": template})
         trainer.run()
         is_main, steps, world = trainer.acc.is_main_process, trainer.state["step"], trainer.world
         final = trainer.unwrapped_objective()

@@ -39,6 +39,10 @@ from qingbert.errors import QingbertError
 
 CHECKPOINTS = "checkpoints"
 STATE = "trainer_state.json"
+#: the training options that change the weights a run produces: a checkpoint resumes only a run with the same ones.
+#: The length (epochs, max_steps) is not among them: a run may be resumed with a longer budget to train on.
+TRAJECTORY = ("batch_size", "grad_accum", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "mixed_precision",
+              "seed")
 
 
 @dataclass
@@ -59,6 +63,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 42
     resume: bool = False
+    overwrite: bool = False  # a fresh run may replace an earlier run's checkpoints in the same folder
     threads: int = 0  # torch CPU threads per process; 0 = leave torch's default
     progress: bool = True
 
@@ -170,7 +175,8 @@ class Trainer:
     """Runs one objective on a dataset. ``run()`` trains to the end (or resumes) and returns the history."""
 
     def __init__(self, objective: torch.nn.Module, train_data, collate: Callable, out: str | Path,
-                 cfg: TrainConfig | None = None, eval_data=None, eval_collate: Callable | None = None):
+                 cfg: TrainConfig | None = None, eval_data=None, eval_collate: Callable | None = None,
+                 fingerprint: dict | None = None):
         from accelerate import Accelerator
 
         self.cfg = (cfg or TrainConfig()).check()
@@ -194,6 +200,9 @@ class Trainer:
                 f"({self.cfg.batch_size} x {self.world} processes x {self.cfg.grad_accum} accumulation)",
                 hint="lower --batch-size or --grad-accum, or prepare more text")
         self.total_steps = self.cfg.max_steps or max(1, math.ceil(self.cfg.epochs * self.steps_per_epoch))
+        # what makes this run this run: a checkpoint of any other run is never resumed into it
+        self.run_id = json.loads(json.dumps({**(fingerprint or {}), "train_sequences": n,
+                                             "train": {k: getattr(self.cfg, k) for k in TRAJECTORY}}, default=str))
         seed_everything(self.cfg.seed)
         self.objective = objective
         params = [p for p in objective.parameters() if p.requires_grad]
@@ -302,7 +311,7 @@ class Trainer:
             self.acc.wait_for_everyone()
             if self.acc.is_main_process:
                 record = {**self.state, "total_steps": self.total_steps, "world_size": self.world,
-                          "config": asdict(self.cfg)}
+                          "config": asdict(self.cfg), "run": self.run_id}
                 (tmp / STATE).write_text(json.dumps(record, indent=2))
                 for f in tmp.iterdir():
                     with open(f, "rb") as fh:
@@ -326,7 +335,9 @@ class Trainer:
         """Load the newest checkpoint that reads back; a corrupt one is reported and skipped."""
         from safetensors.torch import load_file, load_model
 
-        for ckpt in list_checkpoints(self.out):
+        for i, ckpt in enumerate(list_checkpoints(self.out)):
+            if i == 0:
+                self._check_same_run(ckpt)
             try:
                 state = json.loads((ckpt / STATE).read_text())
                 if state.get("world_size", 1) != self.world:
@@ -348,6 +359,53 @@ class Trainer:
             return ckpt
         return None
 
+    def _check_same_run(self, ckpt: Path) -> None:
+        """Refuse to resume from a checkpoint another run wrote (other model, data or recipe), naming what differs."""
+        try:
+            state = json.loads((ckpt / STATE).read_text())
+        except (OSError, ValueError):
+            return  # unreadable: load_checkpoint reports it and tries an older one
+        saved = state.get("run") or {"train": {k: (state.get("config") or {}).get(k) for k in TRAJECTORY}}
+        mine = self.run_id if "run" in state else {"train": self.run_id["train"]}
+
+        def flat(d, prefix=""):
+            out = {}
+            for k, v in d.items():
+                if isinstance(v, dict):
+                    out.update(flat(v, f"{prefix}{k}."))
+                else:
+                    out[f"{prefix}{k}"] = v
+            return out
+
+        a, b = flat(saved), flat(mine)
+        diff = [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        if diff or state.get("step", 0) > self.total_steps:
+            why = "; ".join(diff) or f"it is at step {state.get('step')}, past this run's {self.total_steps} steps"
+            raise QingbertError(f"cannot resume: {ckpt} belongs to another run ({why})",
+                                hint="resume with the recipe that run used, write this run to another --out, or pass "
+                                     "--overwrite to start this run over in that folder")
+
+    def _start_clean(self) -> None:
+        """A fresh run: an earlier run's checkpoints in the folder are never mixed with this one's."""
+        found = list_checkpoints(self.out)
+        if found and not self.cfg.overwrite:
+            raise QingbertError(f"{self.out} holds checkpoints of an earlier run (newest: {found[0].name})",
+                                hint="pass --resume to continue that run, --overwrite to start over in that folder, "
+                                     "or write to another --out")
+        if self.acc.is_main_process:
+            if found or self.cfg.overwrite:
+                # everything the loop wrote for the earlier run; the manifest goes too, so the folder no longer
+                # claims to hold a finished model until this run writes its own
+                (self.out / "manifest.json").unlink(missing_ok=True)
+                for name in (CHECKPOINTS, "tensorboard"):  # moved aside in one rename, then deleted
+                    aside = self.out / f".{name}.replaced"
+                    shutil.rmtree(aside, ignore_errors=True)
+                    if (self.out / name).exists():
+                        (self.out / name).rename(aside)
+                        shutil.rmtree(aside, ignore_errors=True)
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        self.acc.wait_for_everyone()
+
     # -- training ---------------------------------------------------------------
     def run(self) -> list[dict]:
         from tqdm.auto import tqdm
@@ -360,8 +418,8 @@ class Trainer:
                 raise QingbertError(f"{self.out}: no checkpoint could be loaded to resume from")
             if resumed is not None and self.acc.is_main_process:
                 print(f"resuming from {resumed} (step {self.state['step']} of {self.total_steps})", flush=True)
-        elif self.acc.is_main_process and (self.out / "metrics.jsonl").exists():
-            (self.out / "metrics.jsonl").unlink()
+        else:
+            self._start_clean()
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.state["step"], desc="train", unit="step",
                    disable=None if (cfg.progress and self.acc.is_main_process) else True)
