@@ -83,6 +83,8 @@ def _clean_table() -> dict:
         table[cp] = " "
     for cp in (0x200B, 0x200C, 0x200D, 0x200E, 0x200F, 0x2060, 0xFEFF, 0x00AD, 0xFFFD):
         table[cp] = None
+    for cp in range(0xD800, 0xE000):  # lone surrogates (a str holds no other kind): not text, dropped like U+FFFD
+        table[cp] = None
     return table
 
 
@@ -101,6 +103,20 @@ def clean_text(text: str) -> str:
     if "  " in text:
         text = _SPACES.sub(" ", text)
     return text.strip()
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def repair_text(text: str) -> str:
+    """``text`` with each lone UTF-16 surrogate (from JSON's ``"\\ud800"`` or undecodable command-line bytes)
+    replaced by U+FFFD, so that it can be encoded, tokenised and echoed back; anything else is left as it is."""
+    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
+
+
+def is_blank(text: str) -> bool:
+    """Nothing is left of ``text`` once :func:`clean_text` drops control, zero-width and invalid characters."""
+    return not clean_text(text)
 
 
 def normalize_chars(text: str) -> str:

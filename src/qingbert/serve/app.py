@@ -18,7 +18,8 @@ Endpoints (all JSON; errors are ``{"error": {"message", "type", "param"}, "statu
   encoder without a task head.
 * ``POST /search``: ``{"query": str, "top_k": 5}`` -> ``{"query", "results": [{"id", "text", "score"}], "model"}``
   against the index given with ``--index`` (409 when there is none).
-* ``GET /health``: model, kind, backend, dim, index size, uptime (never needs the API key).
+* ``GET /health``: model, kind, backend, dim, index size, uptime (never needs the API key; the folders are named,
+  their absolute paths are shown only to a request that carries the API key).
 * ``GET /metrics``: Prometheus text format (:mod:`qingbert.serve.metrics`).
 
 The limits and the status codes of refused requests: :mod:`qingbert.serve.config`.
@@ -30,7 +31,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -38,12 +38,10 @@ from typing import Any, Literal
 import numpy as np
 
 from qingbert.errors import QingbertError
-from qingbert.serve.config import ENV_API_KEY, ENV_CONFIG, ROUTES, ApiError, ServeConfig
-from qingbert.serve.guard import Guard
+from qingbert.serve.config import ENV_API_KEY, ENV_CONFIG, ROUTES, ApiError, ServeConfig, json_response_class
+from qingbert.serve.guard import Guard, given_key, key_matches
 from qingbert.serve.state import ServerState
 from qingbert.serve.validation import check_predict_inputs, check_text, check_texts, check_tokenized, validation_error
-
-log = logging.getLogger(__name__)
 
 
 def create_app(model_dir: str | Path, index_dir: str | Path | None = None, config: ServeConfig | None = None,
@@ -68,7 +66,7 @@ def create_app(model_dir: str | Path, index_dir: str | Path | None = None, confi
             await state.stop()
 
     app = FastAPI(title="qingbert", summary=f"qingbert serving {state.name} ({state.model.kind})",
-                  lifespan=lifespan, strict_content_type=False)
+                  lifespan=lifespan, strict_content_type=False, default_response_class=json_response_class())
     app.state.qingbert = state
     app.add_middleware(Guard, state=state)
 
@@ -90,11 +88,6 @@ def create_app(model_dir: str | Path, index_dir: str | Path | None = None, confi
             return ApiError(405, f"method {request.method} is not allowed on {request.url.path}",
                             "method_not_allowed", headers=exc.headers).response()
         return ApiError(exc.status_code, str(exc.detail), "http_error", headers=exc.headers).response()
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception):
-        log.exception("error serving %s %s", request.method, request.url.path)
-        return ApiError(500, f"internal error: {type(exc).__name__}", "internal_error").response()
 
     # -- request bodies --------------------------------------------------------------
     class EncodeRequest(BaseModel):
@@ -182,9 +175,9 @@ def create_app(model_dir: str | Path, index_dir: str | Path | None = None, confi
         return {"query": query, "results": hits[0], "model": state.name}
 
     @app.get("/health")
-    async def health():
-        """Model, backend, index size and uptime."""
-        return state.health()
+    async def health(request: Request):
+        """Model, backend, index size and uptime; folders by name, their paths only to a request with the API key."""
+        return state.health(paths=key_matches(given_key(request.scope), cfg.api_key))
 
     @app.get("/metrics")
     async def metrics():

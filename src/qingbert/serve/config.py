@@ -11,9 +11,12 @@ lists and empty texts included); unknown routes 404, wrong methods 405; a missin
 Every error is answered as ``{"error": {"message", "type", "param"}, "status": code}`` (:class:`ApiError`).
 """
 
+import functools
+import json
 import math
 from dataclasses import dataclass, fields
 
+from qingbert.data.text import repair_text
 from qingbert.deploy.index import POOLINGS
 from qingbert.errors import QingbertError
 
@@ -83,10 +86,22 @@ class ApiError(Exception):
         self.status, self.message, self.type, self.param, self.headers = status, message, type, param, headers
 
     def response(self):
-        from fastapi.responses import JSONResponse
-
-        return JSONResponse({"error": {"message": self.message, "type": self.type, "param": self.param},
-                             "status": self.status}, status_code=self.status, headers=self.headers)
+        return json_response_class()({"error": {"message": self.message, "type": self.type, "param": self.param},
+                                      "status": self.status}, status_code=self.status, headers=self.headers)
 
 
-__all__ = ["ENV_API_KEY", "ENV_CONFIG", "OPEN_ROUTES", "ROUTES", "ApiError", "ServeConfig"]
+@functools.cache
+def json_response_class():
+    """The server's JSON response: Starlette's, except that a lone surrogate a client sent (and that comes back in
+    an ``id``, a query or a message) is written as U+FFFD instead of failing to encode."""
+    from fastapi.responses import JSONResponse
+
+    class TextSafeJSONResponse(JSONResponse):
+        def render(self, content) -> bytes:
+            text = json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
+            return repair_text(text).encode("utf-8")
+
+    return TextSafeJSONResponse
+
+
+__all__ = ["ENV_API_KEY", "ENV_CONFIG", "OPEN_ROUTES", "ROUTES", "ApiError", "ServeConfig", "json_response_class"]

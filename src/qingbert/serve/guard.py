@@ -6,16 +6,20 @@ the bytes actually received); a non-UTF-8 body 400; a non-JSON Content-Type 415.
 """
 
 import hmac
+import logging
 import time
 
 from qingbert.serve.config import OPEN_ROUTES, ROUTES, ApiError
 from qingbert.serve.state import ServerState
 
+log = logging.getLogger(__name__)
+
 
 class Guard:
     """Pure ASGI middleware in front of the routes: checks the API key, reads the body within
-    ``max_body_bytes`` (Content-Length first, then the bytes received), refuses non-UTF-8 and non-JSON bodies, and
-    counts every request by route and status."""
+    ``max_body_bytes`` (Content-Length first, then the bytes received), refuses non-UTF-8 and non-JSON bodies,
+    counts every request by route and status, and answers a bug in a route with one 500 (``Connection: close``,
+    one log record) instead of letting the server log it twice and drop the connection."""
 
     def __init__(self, app, state: ServerState):
         self.app = app
@@ -29,10 +33,12 @@ class Guard:
         status = 500
         route = scope["path"] if scope["path"] in ROUTES else "other"
 
+        started = False
+
         async def send_counted(message):
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
             await send(message)
 
         try:
@@ -47,7 +53,13 @@ class Guard:
             if error is not None:
                 await error.response()(scope, receive, send_counted)
             else:
-                await self.app(scope, receive, send_counted)
+                try:
+                    await self.app(scope, receive, send_counted)
+                except Exception:  # a bug: logged once, answered 500 with Connection: close, never re-raised
+                    log.exception("internal error serving %s %s", scope["method"], scope["path"])
+                    if not started:
+                        await ApiError(500, "internal error (logged by the server)", "internal_error",
+                                       headers={"Connection": "close"}).response()(scope, receive, send_counted)
         finally:
             self.state.metrics.request(route, status, time.perf_counter() - t0)
 
@@ -55,15 +67,11 @@ class Guard:
         key = self.state.config.api_key
         if not key or scope["path"] in OPEN_ROUTES:
             return None
-        headers = _headers(scope)
-        given = headers.get("x-api-key")
-        auth = headers.get("authorization", "")
-        if given is None and auth[:7].lower() == "bearer ":
-            given = auth[7:].strip()
+        given = given_key(scope)
         if given is None:
             return ApiError(401, "an API key is required: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
                             "unauthorized", headers={"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(given.encode("utf-8", "replace"), key.encode("utf-8")):
+        if not key_matches(given, key):
             return ApiError(401, "wrong API key", "unauthorized", headers={"WWW-Authenticate": "Bearer"})
         return None
 
@@ -107,6 +115,22 @@ class Guard:
                         "limit_exceeded", "body")
 
 
+def given_key(scope) -> str | None:
+    """The API key a request carries (``X-API-Key: KEY`` or ``Authorization: Bearer KEY``), if any."""
+    headers = _headers(scope)
+    given = headers.get("x-api-key")
+    auth = headers.get("authorization", "")
+    if given is None and auth[:7].lower() == "bearer ":
+        given = auth[7:].strip()
+    return given
+
+
+def key_matches(given: str | None, key: str | None) -> bool:
+    """``given`` is the server's API key (compared in constant time); never true when the server has none."""
+    return bool(key) and given is not None and hmac.compare_digest(given.encode("utf-8", "replace"),
+                                                                   key.encode("utf-8"))
+
+
 def _headers(scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
 
@@ -125,4 +149,4 @@ def _replay(body: bytes, receive):
     return replay
 
 
-__all__ = ["Guard"]
+__all__ = ["Guard", "given_key", "key_matches"]

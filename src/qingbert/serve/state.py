@@ -100,13 +100,21 @@ class ServerState:
         except QingbertError as e:
             raise ApiError(422, e.message, "invalid_input") from None
 
-    def health(self) -> dict:
+    def health(self, paths: bool = False) -> dict:
+        """What ``/health`` answers; ``paths``: the folders' absolute paths (else their names only -- the route is
+        open without the API key, and a path tells a stranger about the machine)."""
+
+        def where(folder) -> str:
+            return str(Path(folder).resolve()) if paths else Path(folder).name
+
         index = None
         if self.index is not None:
             m = self.index.manifest
+            model = m.get("model")
             index = {"size": len(self.index), "dim": self.index.dim, "factory": m.get("factory"),
-                     "model": m.get("model"), "folder": str(self.index.folder)}
-        return {"status": "ok", "model": self.name, "model_dir": str(self.model_dir), "kind": self.model.kind,
+                     "model": model if paths or not model else Path(str(model)).name,
+                     "folder": where(self.index.folder)}
+        return {"status": "ok", "model": self.name, "model_dir": where(self.model_dir), "kind": self.model.kind,
                 "backend": self.model.backend, "dim": self.dim, "pooling": self.pooling,
                 "labels": list(self.model.labels or []) if self.model.kind != "encoder" else [], "index": index,
                 "index_size": len(self.index) if self.index is not None else 0,

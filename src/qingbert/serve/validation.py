@@ -1,13 +1,15 @@
 """Request checks: the texts of a request as the model takes them, or an :class:`ApiError` naming the field.
 
-Wrong or missing fields are 422 (empty lists and empty texts included), too many texts or too long ones 413.  With
+Wrong or missing fields are 422 (empty lists and empty texts included, a text of only control, zero-width or
+invalid characters is empty), too many texts or too long ones 413.  A lone UTF-16 surrogate (JSON's ``"\\ud800"``)
+is not text: it becomes U+FFFD (:func:`qingbert.data.text.repair_text`) and the cleaning drops it.  With
 ``/encode``'s ``"is_tokenized": true`` each text is a list of tokens; they are joined back into a text (WordPiece
 ``##`` pieces glued to the token before, others separated by a space) and tokenised again, so the model tokenizer's
 own tokens of the cleaned text (``qingbert.data.text.clean_text``, which every model input goes through) give
 exactly the vectors of the untokenised text; the character limit counts the tokens' characters.
 """
 
-from qingbert.data.text import split_pair
+from qingbert.data.text import is_blank, repair_text, split_pair
 from qingbert.serve.config import ApiError, ServeConfig
 
 
@@ -30,12 +32,13 @@ def _check_list(items, field: str, cfg: ServeConfig) -> list:
 def check_text(t, field: str, cfg: ServeConfig) -> str:
     if not isinstance(t, str):
         raise ApiError(422, f"'{field}' must be a string, got {_json_type(t)}", param=field)
-    if not t.strip():
-        raise ApiError(422, f"'{field}' is an empty text", param=field)
     if len(t) > cfg.max_chars:
         raise ApiError(413, f"'{field}' has {len(t)} characters (the limit is max_chars = {cfg.max_chars})",
                        "limit_exceeded", field)
-    return t
+    if is_blank(t):
+        raise ApiError(422, f"'{field}' is an empty text (nothing is left once control, zero-width and invalid "
+                            "characters are taken out)", param=field)
+    return repair_text(t)
 
 
 def check_texts(items, field: str, cfg: ServeConfig) -> list[str]:
@@ -63,14 +66,14 @@ def check_tokenized(items, field: str, cfg: ServeConfig) -> list[str]:
         if not toks:
             raise ApiError(422, f"'{where}' is an empty token list", param=where)
         for j, tok in enumerate(toks):
-            if not isinstance(tok, str) or not tok.strip():
+            if not isinstance(tok, str) or is_blank(tok):
                 raise ApiError(422, f"'{where}[{j}]' must be a non-empty token string, got {_json_type(tok)}",
                                param=f"{where}[{j}]")
         chars = sum(len(tok) for tok in toks)
         if chars > cfg.max_chars:
             raise ApiError(413, f"'{where}' has {chars} characters in its tokens (the limit is max_chars = "
                                 f"{cfg.max_chars})", "limit_exceeded", where)
-        texts.append(detokenize(toks))
+        texts.append(repair_text(detokenize(toks)))
     return texts
 
 
