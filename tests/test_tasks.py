@@ -9,7 +9,16 @@ import pytest
 
 from qingbert.data import builtin
 from qingbert.errors import QingbertError
-from qingbert.tasks.readers import TASKS, QAExample, SpanExample, TextExample, load_generic, load_task, pos_to_spans
+from qingbert.tasks.readers import (
+    TASKS,
+    QAExample,
+    SpanExample,
+    TextExample,
+    load_generic,
+    load_task,
+    missing_splits_error,
+    pos_to_spans,
+)
 
 
 def jl(path: Path, rows, raw_lines=()) -> Path:
@@ -270,6 +279,198 @@ def test_registry_names():
                 "bq", "chnsenticorp", "thucnews", "cmrc2018", "drcd", "cluener",
                 "builtin:reviews-sentiment", "builtin:peoples-daily-ner"}
     assert expected <= set(TASKS)
+
+
+# --------------------------------------------------------------------------- encodings
+
+
+def test_gb18030_files_read_and_reported(tmp_path):
+    rows = [{"label": "103", "label_desc": "news_sports", "sentence": "主队在加时赛中逆转取胜"},
+            {"label": "104", "label_desc": "news_finance", "sentence": "央行宣布下调存款准备金率"}]
+    (tmp_path / "train.json").write_bytes(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("gb18030"))
+    jl(tmp_path / "dev.json", rows[:1])
+    t = load_task("tnews", tmp_path)
+    assert [e.text for e in t.splits["train"]] == ["主队在加时赛中逆转取胜", "央行宣布下调存款准备金率"]
+    assert not t.skipped
+    assert t.encodings == {"train": "gb18030", "dev": "utf-8"}
+    assert f"tnews train: read as GB18030 ({tmp_path / 'train.json'})" in t.summary()
+    assert "dev: read as" not in t.summary()
+    # a whole SQuAD document too
+    ctx = "长江发源于青藏高原。"
+    (tmp_path / "cmrc").mkdir()
+    (tmp_path / "cmrc" / "cmrc2018_dev.json").write_bytes(json.dumps({"data": [{"paragraphs": [{"context": ctx, "qas": [
+        {"id": "Q", "question": "长江发源于哪里？", "answers": [{"text": "青藏高原", "answer_start": 5}]}]}]}]},
+        ensure_ascii=False).encode("gb18030"))
+    t = load_task("cmrc2018", tmp_path / "cmrc")
+    assert t.splits["dev"][0].answers == [("青藏高原", 5)] and t.encodings == {"dev": "gb18030"}
+
+
+def test_bom_header_is_still_a_header(tmp_path):
+    (tmp_path / "train.tsv").write_bytes(b"\xef\xbb\xbf" + "label\ttext_a\n1\t服务周到\n0\t早餐太差\n".encode())
+    t = load_task("chnsenticorp", tmp_path)
+    assert [(e.label, e.text) for e in t.splits["train"]] == [("1", "服务周到"), ("0", "早餐太差")]
+    assert t.encodings["train"] == "utf-8-sig" and "read as" not in t.summary()
+
+
+def test_mostly_utf8_file_keeps_its_bad_line_as_a_skip(tmp_path):
+    good = "怎么修改登录密码\t登录密码如何更改\t1\n贷款利息是多少\t怎么注销我的账户\t0\n"
+    (tmp_path / "train.tsv").write_bytes(good.encode() + "还款日可以改吗\t能否更换\t1\n".encode("gbk") + good.encode())
+    t = load_task("lcqmc", tmp_path)
+    assert t.encodings["train"] == "utf-8"
+    assert t.skipped == {"undecodable": 1} and len(t.splits["train"]) == 4
+    assert t.splits["train"][0].text == "怎么修改登录密码"
+    assert any(e.endswith("train.tsv:3: undecodable") for e in t.skip_examples)
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"PK\x03\x04\x14\x00\x00\x00\x08\x00train.tsv", "NUL byte at offset 5"),
+    (b"\xff\xfe\xfd\t\xff\n\xff\xff\t\xfe\n", "no line decodes"),
+])
+def test_binary_or_undecodable_train_file_is_an_error(tmp_path, content, why):
+    (tmp_path / "train.tsv").write_bytes(content)
+    tsv(tmp_path / "dev.tsv", [("还款日可以改吗", "能否更换还款日期", 1)])
+    with pytest.raises(QingbertError) as e:
+        load_task("bq", tmp_path)
+    assert e.value.message.startswith(f"{tmp_path / 'train.tsv'}: not text in UTF-8 or GB18030 (")
+    assert why in e.value.message and e.value.hint
+
+
+# --------------------------------------------------------------------------- empty splits
+
+
+def test_empty_train_file_is_the_error_not_the_dev_labels(tmp_path):
+    (tmp_path / "train.tsv").write_text("\n\n", encoding="utf-8")
+    tsv(tmp_path / "dev.tsv", [("还款日可以改吗", "能否更换还款日期", 1)])
+    with pytest.raises(QingbertError) as e:
+        load_task("lcqmc", tmp_path)
+    assert e.value.message == f"{tmp_path / 'train.tsv'}: no usable examples (empty file)"
+
+
+def test_split_with_only_skipped_lines_says_why(tmp_path):
+    p = jl(tmp_path / "train.json", [{"sentence": "好看", "label": "Positive"}, {"sentence": "难看", "label": "Negative"}])
+    jl(tmp_path / "dev.json", [{"sentence": " ", "label": "Positive"}, {"sentence": "一般", "label": "-"}],
+       raw_lines=["{broken"])
+    with pytest.raises(QingbertError) as e:
+        load_task("eprstmt", tmp_path)
+    assert e.value.message == (f"{tmp_path / 'dev.json'}: no usable examples "
+                               "(3 lines skipped: empty_text 1, label_dash 1, malformed_json 1)")
+    assert str(p) not in e.value.message and "dev.json:1: empty_text" in e.value.hint
+
+
+# --------------------------------------------------------------------------- the label "-"
+
+
+def _dash_chnsenticorp(d):
+    tsv(d / "train.tsv", [("label", "text_a"), (1, "服务周到"), ("-", "说不清"), (0, "早餐太差")])
+    return load_task("chnsenticorp", d), 3
+
+
+def _dash_lcqmc(d):
+    tsv(d / "train.tsv", [("怎么改密码", "密码如何更改", 1), ("贷款利息", "怎么注销", "-"), ("能借多少", "注销账户", 0)])
+    return load_task("lcqmc", d), 2
+
+
+def _dash_thucnews(d):
+    tsv(d / "train.txt", [("股市收涨", 0), ("联赛揭幕", "-"), ("楼市回暖", 1)])
+    (d / "class.txt").write_text("finance\nrealty\n", encoding="utf-8")
+    return load_task("thucnews", d), 2
+
+
+def _dash_generic(d):
+    jl(d / "train.jsonl", [{"q": "今天天气好", "y": 1}, {"q": "说不清", "y": "-"}, {"q": "明天要下雨", "y": 0}])
+    return load_generic(d / "train.jsonl", "classification", text_col="q", label_col="y"), 2
+
+
+def _dash_afqmc_tsv(d):
+    tsv(d / "train.tsv", [("借呗怎么还", "借呗如何还款", 1), ("花呗账单", "余额宝收益", "-"), ("怎么关闭花呗", "充值失败", 0)])
+    return load_task("afqmc", d), 2
+
+
+@pytest.mark.parametrize("read", [_dash_chnsenticorp, _dash_lcqmc, _dash_thucnews, _dash_generic, _dash_afqmc_tsv])
+def test_dash_label_dropped_and_counted_everywhere(tmp_path, read):
+    t, dash_line = read(tmp_path)
+    assert len(t.splits["train"]) == 2 and "-" not in t.labels and len(t.labels) == 2
+    assert t.skipped == {"label_dash": 1} and t.split_skipped == {"train": {"label_dash": 1}}
+    assert t.skip_examples == [f"{t.files['train']}:{dash_line}: label_dash"]
+
+
+# --------------------------------------------------------------------------- file names
+
+
+def _ocnli(d: Path, n_train: int, name: str):
+    jl(d / name, [{"sentence1": f"句子{i}", "sentence2": f"另一句{i}", "label": "entailment", "id": i}
+                  for i in range(n_train)])
+
+
+def test_ocnli_as_distributed_and_train_file(tmp_path):
+    _ocnli(tmp_path, 5, "train.50k.json")
+    _ocnli(tmp_path, 3, "train.3k.json")
+    _ocnli(tmp_path, 1, "dev.json")
+    t = load_task("ocnli", tmp_path)
+    assert t.files["train"] == str(tmp_path / "train.50k.json") and len(t.splits["train"]) == 5
+    t = load_task("ocnli", tmp_path, train_file="train.3k.json")
+    assert t.files["train"] == str(tmp_path / "train.3k.json") and len(t.splits["train"]) == 3
+    assert list(t.splits) == ["train", "dev"]
+    # a path outside the folder works too
+    _ocnli(tmp_path / "elsewhere", 2, "mine.json")
+    assert len(load_task("ocnli", tmp_path, train_file=tmp_path / "elsewhere" / "mine.json").splits["train"]) == 2
+    with pytest.raises(QingbertError) as e:
+        load_task("ocnli", tmp_path, train_file="train.30k.json")
+    assert "train.30k.json" in e.value.message
+    assert e.value.hint == "files there: dev.json, train.3k.json, train.50k.json"
+
+
+def test_missing_train_file_lists_the_accepted_names(tmp_path):
+    _ocnli(tmp_path, 1, "dev.json")
+    _ocnli(tmp_path, 1, "test.json")
+    with pytest.raises(QingbertError) as e:
+        load_task("ocnli", tmp_path, need=("train", "dev"))
+    assert e.value.message == f"task 'ocnli': no train file in {tmp_path}"
+    assert e.value.hint == ("looked for train: train.50k.json, train.json, train.3k.json, train.jsonl, train.tsv, "
+                            "train.txt; found: dev.json, test.json")
+    t = load_task("ocnli", tmp_path)  # without need: the splits there
+    assert list(t.splits) == ["dev", "test"]
+    assert missing_splits_error(t, ("train", "dev")).hint == e.value.hint
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(QingbertError) as e:
+        load_task("cmrc2018", tmp_path / "empty", need=("train", "dev"))
+    assert e.value.message.startswith("task 'cmrc2018': no train, dev or test file")
+    assert "dev: cmrc2018_dev.json, dev.json" in e.value.hint and e.value.hint.endswith("found: (none)")
+
+
+# --------------------------------------------------------------------------- TSV mirrors of CLUE tasks
+
+
+def test_tnews_tsv_mirrors_headed_and_headerless(tmp_path):
+    tsv(tmp_path / "h" / "train.tsv", [("id", "sentence", "label", "label_desc"), (7, "主队逆转取胜", 103, "news_sports"),
+                                       (8, "央行下调准备金率", 104, "news_finance")])
+    tsv(tmp_path / "h" / "test.tsv", [("id", "sentence"), (0, "新款手机发布")])
+    t = load_task("tnews", tmp_path / "h")
+    assert [(e.id, e.text, e.label) for e in t.splits["train"]] == [("7", "主队逆转取胜", "103"), ("8", "央行下调准备金率", "104")]
+    assert t.label_names == {"103": "news_sports", "104": "news_finance"}
+    assert t.splits["test"][0].label is None and t.splits["test"][0].text == "新款手机发布"
+    tsv(tmp_path / "n" / "train.txt", [("主队逆转取胜", 103), ("央行下调准备金率", 104)])  # text, label
+    tsv(tmp_path / "n" / "dev.txt", [(104, "股市收涨")])  # label, text
+    t = load_task("tnews", tmp_path / "n")
+    assert [(e.text, e.label) for e in t.splits["train"]] == [("主队逆转取胜", "103"), ("央行下调准备金率", "104")]
+    assert (t.splits["dev"][0].text, t.splits["dev"][0].label) == ("股市收涨", "104")
+    assert t.files["train"].endswith("train.txt") and not t.skipped
+
+
+def test_afqmc_tsv_mirrors_headed_and_headerless(tmp_path):
+    tsv(tmp_path / "h" / "train.tsv", [("sentence1", "sentence2", "label"), ("借呗怎么还", "借呗如何还款", 1),
+                                       ("花呗账单", "余额宝收益", 0)])
+    t = load_task("afqmc", tmp_path / "h")
+    assert t.type == "pair" and t.labels == ["0", "1"]
+    assert (t.splits["train"][0].text, t.splits["train"][0].text_b) == ("借呗怎么还", "借呗如何还款")
+    tsv(tmp_path / "n" / "train.tsv", [("借呗怎么还", "借呗如何还款", 1), ("花呗账单", "余额宝收益", 0)])
+    tsv(tmp_path / "n" / "test.tsv", [("怎么关闭花呗", "花呗能关掉吗")])
+    t = load_task("afqmc", tmp_path / "n")
+    assert [(e.text, e.text_b, e.label) for e in t.splits["train"]][1] == ("花呗账单", "余额宝收益", "0")
+    assert [(e.id, e.text_b, e.label) for e in t.splits["test"]] == [(0, "花呗能关掉吗", None)]
+    jl(tmp_path / "n" / "train.json", [{"sentence1": "来自JSON", "sentence2": "优先", "label": "1"}])
+    assert load_task("afqmc", tmp_path / "n").splits["train"][0].text == "来自JSON"  # the official file wins
 
 
 # --------------------------------------------------------------------------- generic

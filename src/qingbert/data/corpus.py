@@ -108,7 +108,9 @@ def split_long(text: str, words: list[str] | None, max_chars: int) -> tuple[list
 # ---------------------------------------------------------------------------
 # Reading files
 
-def _sniff_encoding(head: bytes) -> str | None:
+def sniff_encoding(head: bytes) -> str | None:
+    """The encoding of a file from its first bytes: ``utf-8-sig`` (a BOM), else ``utf-8`` or ``gb18030`` when the
+    whole sample decodes so (a 1 MiB sample loses its cut last line first), else None."""
     if head.startswith(b"\xef\xbb\xbf"):
         return "utf-8-sig"
     sample = head
@@ -176,23 +178,6 @@ def read_utf8(path: str | Path, what: str = "file") -> str:
         raise QingbertError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
-def input_lines(texts: list | None, path: str | None) -> tuple[list[str], int]:
-    """Command-line inputs: the ``--text`` values plus one text per line of ``--input`` (a file, or ``-`` for
-    stdin); returns ``(texts, empty)`` with ``empty`` the number of blank input lines (kept: callers decide)."""
-    import sys
-
-    out = list(texts or [])
-    lines: list[str] = []
-    if path:
-        if path == "-":
-            lines = sys.stdin.read().splitlines()
-        elif not Path(path).is_file():
-            raise QingbertError(f"no such input file '{path}'")
-        else:
-            lines = read_utf8(path, "input file").splitlines()
-    return out + lines, sum(1 for t in lines if not t.strip())
-
-
 def read_file(path: str, stats: Stats, text_field: str = "text") -> Iterator[tuple[str, None]]:
     """Yield the raw texts of one .txt/.jsonl(.gz) file; bad lines are counted in ``stats``."""
     p = Path(path)
@@ -209,7 +194,7 @@ def read_file(path: str, stats: Stats, text_field: str = "text") -> Iterator[tup
         stats.skipped_files.append({"path": path, "reason": f"binary file (NUL byte at offset {pos})"})
         stats.dropped["binary_file"] += 1
         return
-    enc = _sniff_encoding(head) or "utf-8"
+    enc = sniff_encoding(head) or "utf-8"
     info = {"path": path, "encoding": enc, "lines": 0}
     stats.files.append(info)
     try:

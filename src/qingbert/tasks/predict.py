@@ -12,7 +12,7 @@ from qingbert.models.loading import load_tokenizer
 from qingbert.tasks import prompt
 from qingbert.tasks.finetune import FinetuneConfig, predict_split
 from qingbert.tasks.heads import HEADS
-from qingbert.tasks.readers import load_task
+from qingbert.tasks.readers import Task, load_task, missing_splits_error
 
 
 def predict(model: str | Path, task: str, out_file: str | Path | None = None, data_dir: str | None = None,
@@ -29,12 +29,12 @@ def predict(model: str | Path, task: str, out_file: str | Path | None = None, da
     if m is None or m.get("format") != FINETUNED_FORMAT:
         raise QingbertError(f"{model}: not a fine-tuned folder (no qingbert fine-tuning manifest)",
                             hint="make one with `qingbert finetune --model M --task T --out DIR`")
-    t = load_task(task, data_dir)
+    t = task if isinstance(task, Task) else load_task(task, data_dir)
     if t.type != m["task_type"]:
         raise QingbertError(f"{model} was fine-tuned for a {m['task_type']} task ({m['task']}); "
                             f"'{t.name}' is {t.type}")
     if split not in t.splits:
-        raise QingbertError(f"task '{t.name}' has no {split} split (found: {', '.join(t.splits)})")
+        raise missing_splits_error(t, (split,))
     cfg = FinetuneConfig.from_dict({k: v for k, v in m["config"].items() if k != "train"})
     cfg.train.batch_size = batch_size
     head = HEADS[t.type](t)
