@@ -36,6 +36,9 @@ NUMBER_CASES = [
      "--temperature"),
     ("vocab", ["S", "--out", "O", "--size", "-5"], "--size"),
     ("similar-words", ["D", "--out", "O", "--dim", "0"], "--dim"),
+    ("finetune", ["--model", "M", "--task", "tnews", "--out", "O", "--max-len", "1"], "--max-len"),
+    ("prepare", ["S", "--out", "O", "--max-seq-len", "4"], "--max-seq-len"),
+    ("simcse", ["--model", "M", "--corpus", "C", "--out", "O", "--max-len", "2"], "--max-len"),
 ]
 
 
@@ -192,6 +195,7 @@ def user_folders(tiny_model, tmp_path):
     notes = project / "notes"
     notes.mkdir()
     (notes / "todo.txt").write_text("买菜\n", encoding="utf-8")
+    (project / "corpus.txt").write_text("今天天气很好\n明天下雨\n我们去公园\n", encoding="utf-8")
     return project, model, notes
 
 
@@ -206,6 +210,28 @@ FOLDER_CASES = [
     ("prune-vocab", lambda p, m, n: [m, "--corpus", "builtin:reviews:dev", "--out", n], "not empty"),
     ("prune-vocab", lambda p, m, n: [m, "--corpus", "builtin:reviews:dev", "--out", p, "--overwrite"],
      "holds the model folder"),
+    ("prepare", lambda p, m, n: ["builtin:reviews:dev", "--out", n], "not empty"),
+    ("prepare", lambda p, m, n: ["builtin:reviews:dev", "--out", n, "--overwrite"], "refusing to overwrite"),
+    ("prepare", lambda p, m, n: [n / "todo.txt", "--out", n, "--overwrite"], "holds the source"),
+    ("whiten", lambda p, m, n: ["--model", m, "--corpus", p / "corpus.txt", "--out", n, "--overwrite"],
+     "refusing to overwrite"),
+    ("whiten", lambda p, m, n: ["--model", m, "--corpus", n / "todo.txt", "--out", n, "--overwrite"],
+     "holds the corpus"),
+    ("whiten", lambda p, m, n: ["--model", m, "--corpus", n / "todo.txt", "--out", p], "holds the model folder"),
+    ("index", lambda p, m, n: ["build", "--model", m, "--corpus", n / "todo.txt", "--out", n, "--overwrite"],
+     "holds the corpus"),
+    ("index", lambda p, m, n: ["build", "--model", m, "--corpus", n / "todo.txt", "--out", m / "idx"],
+     "inside the model folder"),
+    ("finetune", lambda p, m, n: ["--model", m, "--task", "builtin:reviews-sentiment", "--out", n, "--max-steps", "1"],
+     "not a training run's folder"),
+    ("finetune", lambda p, m, n: ["--model", m, "--task", "builtin:reviews-sentiment", "--out", p, "--max-steps", "1"],
+     "holds the model folder"),
+    ("simcse", lambda p, m, n: ["--model", m, "--corpus", p / "corpus.txt", "--out", n, "--max-steps", "1"],
+     "not a training run's folder"),
+    ("encode", lambda p, m, n: ["--model", m, "--text", "好", "--out", n / "todo.txt"], "file exists"),
+    ("encode", lambda p, m, n: ["--model", m, "--input", n / "todo.txt", "--out", n / "todo.txt", "--overwrite"],
+     "is the --input file"),
+    ("encode", lambda p, m, n: ["--model", m, "--text", "好", "--out", n], "is a folder"),
 ]
 
 
@@ -230,3 +256,107 @@ def test_export_overwrite_replaces_only_an_earlier_export(user_folders, tmp_path
     assert run_cli("export", model, "--out", out, "--onnx", "--overwrite").returncode == 0
     assert (out / "onnx" / "model.onnx").is_file() and not (out / "onnx" / "model.int8.onnx").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".exported")]  # no staging folder left
+
+
+# -- what a command says and where: one output per input, notes on stderr, honest refusals --------------------------
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bad-input") / "classifier"
+    r = run_cli("finetune", "--model", tiny_model, "--task", "builtin:reviews-sentiment", "--out", out,
+                "--max-steps", "2", "--max-train-examples", "16", "--max-len", "32", "--batch-size", "8")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def _json_lines(text: str) -> list:
+    import json
+
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_predict_input_gives_one_record_per_line_in_order(classifier, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_bytes(("这家店很好吃\n\n   \r\n太难吃了，再也不来" + "很" * 80 + "\n").encode("utf-8"))
+    r = run_cli("predict", "--model", classifier, "--input", src)
+    assert r.returncode == 0, r.stderr
+    rows = _json_lines(r.stdout)
+    assert [x["line"] for x in rows] == [1, 2, 3, 4]  # blank lines keep their place
+    assert "label" in rows[0] and "label" in rows[3]
+    assert rows[1]["error"] == rows[2]["error"] == "empty text"
+    assert "2 of 4 inputs have no prediction" in r.stderr and "were cut there" in r.stderr  # notes: stderr only
+    out = tmp_path / "pred.jsonl"
+    assert run_cli("predict", "--model", classifier, "--input", src, "--out", out).returncode == 0
+    assert [x["line"] for x in _json_lines(out.read_text("utf-8"))] == [1, 2, 3, 4]
+    r = run_cli("predict", "--model", classifier, "--input", src, "--out", out)
+    assert r.returncode == 2 and "file exists" in r.stderr
+
+
+def test_encode_input_gives_one_row_per_line_and_notes_on_stderr(tiny_model, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_bytes("今天天气很好\n\n明天下雨\n".encode("gb18030"))
+    r = run_cli("encode", "--model", tiny_model, "--input", src)
+    assert r.returncode == 0, r.stderr
+    rows = _json_lines(r.stdout)  # stdout is data only
+    assert [x["line"] for x in rows] == [1, 2, 3] and all(len(x["embedding"]) == len(rows[0]["embedding"])
+                                                          for x in rows)
+    assert "1 of 3" in r.stderr and "empty" in r.stderr, r.stderr
+
+
+def test_fill_mask_refuses_a_folder_without_a_trained_mlm_head(classifier):
+    r = run_cli("fill-mask", classifier, "今天天[MASK]很好")
+    assert r.returncode == 2 and "no trained masked-LM head" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("verb", ["encode", "predict"])
+def test_a_lone_surrogate_on_the_command_line_is_repaired(verb, classifier):
+    r = run_cli(verb, "--model", classifier, "--text", "好\ud800吃")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert len(_json_lines(r.stdout)) == 1
+
+
+def _tnews_line(label: str, text: str) -> str:
+    import json
+
+    return json.dumps({"label": label, "label_desc": "news_" + label, "sentence": text, "keywords": ""},
+                      ensure_ascii=False)
+
+
+TASK_FILE_CASES = [
+    # (what, files, extra args, words the message must hold)
+    ("missing dev", {"train.json": [_tnews_line("100", "股市大涨")]}, [], ["dev", "dev.json", "train.json"]),
+    ("empty train", {"train.json": [], "dev.json": [_tnews_line("100", "股市大涨")]}, [], ["train.json", "empty"]),
+    ("undecodable", {"train.json": None, "dev.json": [_tnews_line("100", "股市大涨")]}, [], ["train.json"]),
+    ("train file", {"train.json": [_tnews_line("100", "股市大涨")], "dev.json": [_tnews_line("100", "股市")]},
+     ["--train-file", "train.3k.json"], ["train.3k.json", "dev.json"]),
+]
+
+
+@pytest.mark.parametrize("what,files,extra,words", TASK_FILE_CASES, ids=[c[0] for c in TASK_FILE_CASES])
+def test_task_files_that_cannot_be_used_are_named(what, files, extra, words, tiny_model, tmp_path):
+    data = tmp_path / "tnews"
+    data.mkdir()
+    for name, lines in files.items():
+        (data / name).write_bytes(b"\xff\xfe\x00\x81" * 8 if lines is None else "\n".join(lines).encode("utf-8"))
+    r = run_cli("finetune", "--model", tiny_model, "--task", "tnews", "--data", data, "--out", tmp_path / "o",
+                "--max-steps", "1", *extra)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert all(w in r.stderr for w in words), r.stderr
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_unknown_labels_are_dropped_and_counted_not_trained_on(tiny_model, tmp_path):
+    data = tmp_path / "tnews"
+    data.mkdir()
+    good = [_tnews_line("100" if i % 2 else "101", t) for i, t in enumerate(["股市大涨", "球队夺冠", "新车上市", "电影热映"])]
+    (data / "train.json").write_text("\n".join(good + [_tnews_line("-", "不知道")]), encoding="utf-8")
+    (data / "dev.json").write_text("\n".join(good), encoding="utf-8")
+    r = run_cli("finetune", "--model", tiny_model, "--task", "tnews", "--data", data, "--out", tmp_path / "o",
+                "--max-steps", "1", "--max-len", "16", "--batch-size", "2")
+    assert r.returncode == 0, r.stderr
+    assert "label_dash 1" in r.stdout, r.stdout
+    import json
+
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text("utf-8"))
+    assert "-" not in m["labels"]

@@ -76,8 +76,6 @@ def read_manifest(folder: str | Path) -> dict | None:
 def read_json(path: str | Path, hint: str = "the folder was damaged: re-run the stage that wrote it") -> dict:
     """A JSON object from a file a stage wrote (a manifest, a ``config.json``); anything else is an error naming the
     file and line."""
-    from qingbert.errors import QingbertError
-
     path = Path(path)
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -122,6 +120,20 @@ def check_out_folder(out: str | Path, overwrite: bool, *, what: str, fmt: str | 
     return out
 
 
+def check_out_file(out: str | Path, overwrite: bool, *, inputs: dict | None = None) -> Path:
+    """The output-file policy (a submission, predictions, vectors): an existing file is replaced only with
+    ``overwrite``; a folder, or one of ``inputs`` (``{"--input": path}``), never."""
+    out = Path(out)
+    if out.is_dir():
+        raise QingbertError(f"{out}: is a folder, not a file name", hint="give a file path to --out")
+    for name, src in (inputs or {}).items():
+        if src is not None and out.exists() and Path(src).exists() and out.samefile(src):
+            raise QingbertError(f"--out {out} is the {name}", hint="write the output to another file")
+    if out.exists() and not overwrite:
+        raise QingbertError(f"{out}: file exists", hint="pass --overwrite to replace it, or give another --out")
+    return out
+
+
 @contextmanager
 def replace_folder(out: str | Path, overwrite: bool, *, what: str, fmt: str | tuple = (), is_ours=None,
                    inputs: dict | None = None) -> Iterator[Path]:
@@ -147,14 +159,3 @@ def replace_folder(out: str | Path, overwrite: bool, *, what: str, fmt: str | tu
     os.replace(stage, out)
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
-
-
-def fresh_folder(out: str | Path, overwrite: bool, fmt: str, what: str) -> Path:
-    """:func:`check_out_folder`, then make ``out`` an empty folder (a replaced folder of ours is removed)."""
-    import shutil
-
-    out = check_out_folder(out, overwrite, what=what, fmt=fmt)
-    if out.is_dir() and any(out.iterdir()):
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 
+from qingbert.data.corpus import sniff_encoding
+from qingbert.data.text import repair_text
 from qingbert.errors import QingbertError
-from qingbert.tasks.readers import load_generic
+from qingbert.tasks.readers import load_generic, load_task
 
 # ---------------------------------------------------------------------------
 # numbers, checked when the arguments are parsed (a bad one is argparse's usage line + "argument --x: ...", exit 2)
@@ -37,6 +42,7 @@ non_negative = _number(float, lo=0, name="non-negative number")
 probability = _number(float, lo=0, hi=1, lo_open=True, hi_open=True, name="probability")
 ratio = _number(float, lo=0, hi=1, hi_open=True, name="ratio")
 port = _number(int, lo=1, hi=65535, name="port")
+seq_len = _number(int, lo=8, name="sequence length")  # [CLS] + [SEP] + a few tokens: less cuts every text to nothing
 
 
 def add_source_args(p: argparse.ArgumentParser) -> None:
@@ -68,7 +74,7 @@ PRETRAIN_FLAGS = (("mlm-probability", probability, "share of tokens masked, whol
                                 "out looking at the neighbouring tokens) or default (transformers' own)"),
                   ("train-dropout", ratio, "dropout while pretraining (default: the model's; the saved config "
                                            "keeps the model's own for fine-tuning)"))
-FINETUNE_FLAGS = (("max-len", positive_int, "tokens per sequence / MRC window (default 128)"),
+FINETUNE_FLAGS = (("max-len", seq_len, "tokens per sequence / MRC window (default 128)"),
                   ("doc-stride", count, "MRC: tokens shared by consecutive windows (default max-len/4)"),
                   ("max-query-len", positive_int, "MRC: question tokens kept (default 64)"),
                   ("max-answer-len", positive_int, "MRC: longest answer in tokens (default 50)"),
@@ -110,6 +116,8 @@ def add_task_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                         "builtin:peoples-daily-ner; or classification / pair with --text-col etc. for any file")
     p.add_argument("--data", default=None, help="folder with the task's files as distributed "
                                                 "(default $QINGBERT_TASK_DIR/<task>), or one file for a generic task")
+    p.add_argument("--train-file", default=None, help="the train file to use, a name in --data or a path (e.g. "
+                                                      "OCNLI's train.3k.json; default: the official full train file)")
     p.add_argument("--text-col", default=None, help="generic task: column of the text (name or 0-based index)")
     p.add_argument("--text-b-col", default=None, help="generic pair task: column of the second text")
     p.add_argument("--label-col", default=None, help="generic task: column of the label")
@@ -125,8 +133,12 @@ def task_from_args(args: argparse.Namespace):
         def col(c):
             return int(c) if c is not None and str(c).isdigit() else c
 
+        if getattr(args, "train_file", None):
+            raise QingbertError("--train-file is for named tasks", hint="a generic task reads the file(s) in --data")
         return load_generic(args.data, args.task, col(args.text_col), col(args.text_b_col), col(args.label_col),
                             col(args.id_col))
+    if getattr(args, "train_file", None):
+        return load_task(args.task, args.data, train_file=args.train_file)
     return args.task
 
 
@@ -168,3 +180,64 @@ def load_recipe_any(path: str):
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise QingbertError(f"{path}:{mark.line + 1 if mark else 1}: not valid YAML/JSON") from None
+
+
+# ---------------------------------------------------------------------------
+# texts given on the command line: --text values and the lines of --input
+
+
+@dataclass
+class Input:
+    """One input of ``predict`` / ``encode``: its text and where it came from (``{"line": n}`` for the n-th line
+    of ``--input``, ``{"arg": k}`` for the k-th ``--text``), echoed first in its output record."""
+
+    text: str
+    key: dict
+
+
+def read_inputs(texts: list | None, path: str | None) -> list[Input]:
+    """Every ``--text`` value, then every line of ``--input`` (a file, or ``-`` for stdin), blank lines included,
+    so outputs line up with input lines.  UTF-8 (a BOM is dropped) or GB18030; lone surrogates (undecodable bytes
+    on the command line) become U+FFFD."""
+    out = [Input(repair_text(t), {"arg": k}) for k, t in enumerate(texts or [], 1)]
+    if path:
+        if path == "-":
+            raw, name = sys.stdin.buffer.read(), "stdin"
+        elif not Path(path).is_file():
+            raise QingbertError(f"no such input file '{path}'")
+        else:
+            try:
+                raw, name = Path(path).read_bytes(), path
+            except OSError as e:
+                raise QingbertError(f"{path}: cannot read the input file ({e.strerror or e})") from None
+        lines = decode_bytes(raw, name).split("\n")  # not splitlines(): U+2028, \x1c ... are not line ends here
+        if lines and lines[-1] == "":
+            lines.pop()
+        lines = [line.removesuffix("\r") for line in lines]
+        out += [Input(line, {"line": n}) for n, line in enumerate(lines, 1)]
+    return out
+
+
+def decode_bytes(raw: bytes, name: str) -> str:
+    """Text of a whole input: UTF-8 (BOM dropped), else GB18030; neither (or NUL bytes) is an error naming it."""
+    if b"\x00" in raw:
+        line = raw.count(b"\n", 0, raw.index(b"\x00")) + 1
+        raise QingbertError(f"{name}:{line}: a NUL byte: this is not a text file", hint="one text per line, UTF-8")
+    enc = sniff_encoding(raw)  # the same detection as `prepare` and the task readers
+    try:
+        if enc:
+            return raw.decode(enc)
+    except UnicodeDecodeError:
+        pass
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        utf8_error = e
+    line = raw.count(b"\n", 0, utf8_error.start) + 1
+    raise QingbertError(f"{name}:{line}: neither UTF-8 nor GB18030 text ({utf8_error.reason} at byte "
+                        f"{utf8_error.start})", hint="save the file as UTF-8")
+
+
+def note(message: str) -> None:
+    """A note for the person at the terminal: on stderr, so stdout stays the results."""
+    print(f"note: {message}", file=sys.stderr)

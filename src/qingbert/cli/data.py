@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from qingbert.cli.common import add_source_args, count, load_recipe, positive_int, ratio
+from qingbert.cli.common import add_source_args, count, load_recipe, positive_int, ratio, seq_len
 from qingbert.data.prepare import PrepareConfig, prepare, prepare_summary
 from qingbert.data.similar import build_similar_words, similar_words_summary
 from qingbert.data.vocab import build_vocab, vocab_summary
@@ -39,7 +39,7 @@ def add_prepare(sub) -> None:
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer folder or hub id (default: build a vocab from the corpus itself)")
     p.add_argument("--vocab-size", type=positive_int, default=8000, help="size of the vocab built when no --tokenizer")
-    p.add_argument("--max-seq-len", type=positive_int, default=512)
+    p.add_argument("--max-seq-len", type=seq_len, default=512)
     p.add_argument("--no-pack", dest="pack", action="store_false", help="one text per sequence")
     p.add_argument("--no-fill", dest="fill", action="store_false",
                    help="start a text that does not fit in a new sequence instead of cutting it to fill this one")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+from collections import Counter
 from pathlib import Path
 
 from qingbert.cli.common import (
@@ -12,16 +12,18 @@ from qingbert.cli.common import (
     add_task_args,
     add_train_args,
     count,
+    note,
     positive_int,
     print_skips,
+    read_inputs,
     recipe_with_flags,
+    seq_len,
     task_from_args,
 )
-from qingbert.data.corpus import input_lines
-from qingbert.data.text import split_pair
+from qingbert.data.text import is_blank, split_pair
 from qingbert.deploy.inference import load
 from qingbert.errors import QingbertError
-from qingbert.manifest import PROMPT_FORMAT, atomic_write_text, read_manifest
+from qingbert.manifest import PROMPT_FORMAT, atomic_write_text, check_out_file, read_manifest
 from qingbert.tasks.bench import BenchConfig, bench
 
 HELP = {
@@ -70,6 +72,9 @@ def run_finetune(args) -> int:
         return _run_prompt(args, recipe)
     r = finetune(args.model, task_from_args(args), args.out, args.data, config=recipe)
     print_skips(r)
+    if r.get("truncated"):
+        note(f"{r['truncated']} of {r['train_examples']} training examples reached --max-len {r['max_len']} tokens "
+             "and were cut there")
     if "dev" in r:
         print(f"dev: {format_scores(r['dev'])}")
         print(f"{r['steps']} steps in {r['elapsed_s']:.0f} s; wrote {args.out} (dev_metrics.json, "
@@ -85,10 +90,13 @@ def add_predict(sub) -> None:
     add_task_args(p, required=False)
     p.add_argument("--text", action="append", default=None,
                    help="a text to predict (repeatable); pairs as 'a ||| b'; MRC as 'question ||| context'")
-    p.add_argument("--input", default=None, help="a file with one text per line (or - for stdin)")
+    p.add_argument("--input", default=None, help="a file with one text per line (or - for stdin): one JSON record per "
+                                                 "line, in order, with its \"line\" (blank lines get an \"error\")")
     p.add_argument("--backend", default=None, help="torch, onnx or onnx-int8 (default: the fastest in the folder)")
     p.add_argument("--split", default="test", help="train, dev or test (default test)")
-    p.add_argument("--out", default=None, help="submission file (default MODEL/<task>_predict.json[l])")
+    p.add_argument("--out", default=None, help="submission file (default MODEL/<task>_predict.json[l]), or the "
+                                               "JSON-lines file of --text / --input results (default stdout)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.set_defaults(run=run_predict)
 
@@ -103,7 +111,7 @@ def add_bench(sub) -> None:
     p.add_argument("--epochs", default="2,3,5,10", help="comma-separated epoch counts (default 2,3,5,10)")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
     p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--max-len", type=positive_int, default=128)
+    p.add_argument("--max-len", type=seq_len, default=128)
     p.add_argument("--max-train-examples", type=count, default=0, help="a fixed subset of each training set")
     p.add_argument("--reference", default=None, help="the model scored 100%% in the relative table (default first)")
     p.add_argument("--keep-models", action="store_true", help="keep every fine-tuned folder (default: delete)")
@@ -147,52 +155,66 @@ def _run_prompt(args: argparse.Namespace, recipe: dict) -> int:
 
 
 def run_predict(args) -> int:
-    texts, empty = input_lines(args.text, args.input)
-    if empty:
-        print(f"note: skipped {empty} empty lines of {args.input}", file=sys.stderr)
-    texts = [t for t in texts if t.strip()]
-    if args.task is None and not texts:
-        raise QingbertError("nothing to predict: give --task (a task split) or --text / --input")
+    inputs = read_inputs(args.text, args.input)
     if args.task is not None:
+        if inputs:
+            raise QingbertError("give --task (a split of a task) or --text / --input, not both")
         from qingbert.tasks.finetune import format_scores
         from qingbert.tasks.predict import predict
 
+        if args.out:
+            check_out_file(args.out, args.overwrite)
         r = predict(args.model, task_from_args(args), args.out, args.data, split=args.split,
                     batch_size=args.batch_size, backend=args.backend)
         if "scores" in r:
             print(f"{r['split']}: {format_scores(r['scores'])}")
         print(f"wrote {r['file']} ({r['examples']} {r['split']} examples, backend {r['backend']})")
         return 0
+    if not inputs:
+        raise QingbertError("nothing to predict: give --task (a task split) or --text / --input")
+    out = check_out_file(args.out, args.overwrite, inputs={"--input file": args.input}) if args.out else None
     m = read_manifest(args.model) if Path(args.model).is_dir() else None
+    model = None
     if m is not None and m.get("format") == PROMPT_FORMAT:  # a PET folder: its template and verbaliser label
+        kind, backend = "prompt", "torch"
+    else:
+        model = load(args.model, backend=args.backend)
+        kind, backend = model.kind, model.backend
+    # one record per input, in order: a prediction, or why there is none
+    items, errors = {}, {}
+    for i, x in enumerate(inputs):
+        pair = split_pair(x.text)
+        if is_blank(x.text) or (pair is not None and not all(map(str.strip, pair))):
+            errors[i] = "empty text"
+        elif kind in ("pair", "mrc") and pair is None:
+            errors[i] = "not 'question ||| context'" if kind == "mrc" else "not a pair 'text_a ||| text_b'"
+        elif kind == "mrc":
+            items[i] = {"question": pair[0], "context": pair[1]}
+        else:
+            items[i] = (pair or x.text) if kind in ("prompt", "pair") else x.text
+    results = {}
+    if items and model is None:
         from qingbert.tasks.prompt import prompt_predict
 
-        items = [split_pair(t) or t for t in texts]
-        results = [{"label": lab, "score": probs[lab], "scores": probs}
-                   for lab, probs in prompt_predict(args.model, items, batch_size=args.batch_size)]
-        _write_results(results, args.out, "torch")
-        return 0
-    model = load(args.model, backend=args.backend)
-    if model.kind == "mrc":
-        items = []
-        for t in texts:
-            pair = split_pair(t)
-            if pair is None:
-                raise QingbertError("an MRC model takes 'question ||| context' lines")
-            items.append({"question": pair[0], "context": pair[1]})
-    else:
-        items = texts
-    _write_results(model.predict(items, batch_size=args.batch_size), args.out, model.backend)
-    return 0
-
-
-def _write_results(results, out, backend: str) -> None:
-    lines = [json.dumps(r, ensure_ascii=False) for r in results]
-    if out:
+        results = {i: {"label": lab, "score": probs[lab], "scores": probs} for i, (lab, probs) in
+                   zip(items, prompt_predict(args.model, list(items.values()), batch_size=args.batch_size))}
+    elif items:
+        results = dict(zip(items, model.predict(list(items.values()), batch_size=args.batch_size)))
+    records = [{**x.key, **(results[i] if i in results else {"error": errors[i]})} for i, x in enumerate(inputs)]
+    if errors:
+        why = Counter(errors.values())
+        note(f"{len(errors)} of {len(inputs)} inputs have no prediction ("
+             + ", ".join(f"{n} {w}" for w, n in why.most_common()) + "): their records say \"error\"")
+    if model is not None and model.last_truncated:
+        note(f"{model.last_truncated} of {len(items)} inputs reached {model.cfg.max_len} tokens and were cut there "
+             "(the model's max_len)")
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    if out is not None:
         atomic_write_text(out, "\n".join(lines) + "\n")
-        print(f"wrote {out} ({len(lines)} predictions, backend {backend})")
+        print(f"wrote {out} ({len(results)} predictions for {len(lines)} inputs, backend {backend})")
     else:
         print("\n".join(lines))
+    return 0
 
 
 COMMANDS = {"finetune": add_finetune, "predict": add_predict, "bench": add_bench}

@@ -33,7 +33,7 @@ from qingbert.data.text import Stats, summarize
 from qingbert.data.vocab import train_vocab
 from qingbert.data.wwm import WordTokenizer, pack
 from qingbert.errors import QingbertError
-from qingbert.manifest import PREPARED_FORMAT, fresh_folder, read_manifest, write_manifest
+from qingbert.manifest import PREPARED_FORMAT, read_manifest, replace_folder, write_manifest
 from qingbert.models.tokenizer import copy_tokenizer, make_tokenizer, save_tokenizer
 
 SPLITS = ("train", "eval")
@@ -209,12 +209,10 @@ def prepare(sources: list[str], out: str | Path, config: PrepareConfig | None = 
     stats = Stats()
     files = corpus.expand_sources(sources, stats)  # fail early on a missing file
     out = Path(out)
-    fresh_folder(out, cfg.overwrite, FORMAT, "a prepared corpus")
-    try:
-        return _run(files, out, cfg, stats, max_chars, t0)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)  # never leave half a corpus behind
-        raise
+    local = {f"source {f}": f for f in files if not f.startswith("builtin:")}
+    # written beside ``out`` and swapped in when complete: never half a corpus, never a source inside it
+    with replace_folder(out, cfg.overwrite, what="a prepared corpus", fmt=FORMAT, inputs=local) as stage:
+        return _run(files, stage, cfg, stats, max_chars, t0)
 
 
 def _run(files: list[str], out: Path, cfg: PrepareConfig, stats, max_chars: int, t0: float) -> dict:

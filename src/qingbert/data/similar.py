@@ -20,7 +20,7 @@ import numpy as np
 
 from qingbert.data.prepare import load_prepared
 from qingbert.errors import QingbertError, require
-from qingbert.manifest import SIMILAR_WORDS_FORMAT, fresh_folder, read_manifest, write_manifest
+from qingbert.manifest import SIMILAR_WORDS_FORMAT, check_out_folder, read_manifest, replace_folder, write_manifest
 from qingbert.models.loading import load_tokenizer
 
 FORMAT = SIMILAR_WORDS_FORMAT
@@ -174,16 +174,14 @@ def build_similar_words(data_dir, out_dir, *, dim: int = 64, min_count: int = 5,
     ds = load_prepared(data_dir, "train")  # a clear error if it is not a prepared folder
     tokenizer = load_tokenizer(str(data_dir / "tokenizer"))
     n = len(ds) if max_sequences is None else min(len(ds), int(max_sequences))
-    fresh_folder(out, overwrite, FORMAT, "a similar-word table")
+    out_policy = dict(what="a similar-word table", fmt=FORMAT, inputs={"prepared corpus": data_dir})
+    check_out_folder(out, overwrite, **out_policy)  # fail before training; written at the end, all at once
     sentences = _Sentences(ds, n)
     workers = workers or os.cpu_count() or 1
     model = Word2Vec(vector_size=dim, window=window, min_count=min_count, sg=1, negative=5, workers=workers,
                      seed=seed, epochs=epochs)
     model.build_vocab(sentences, progress_per=10**9)
     if not len(model.wv):
-        import shutil
-
-        shutil.rmtree(out, ignore_errors=True)
         raise QingbertError(f"{data_dir}: no word occurs {min_count} times in {n} sequences",
                             hint="lower --min-count or use more data (--max-sequences)")
     model.train(sentences, total_examples=model.corpus_count, epochs=epochs)
@@ -224,14 +222,8 @@ def build_similar_words(data_dir, out_dir, *, dim: int = 64, min_count: int = 5,
         stored += len(members)
         with_candidates += have
     if not arrays:
-        import shutil
-
-        shutil.rmtree(out, ignore_errors=True)
         raise QingbertError(f"{data_dir}: too few frequent words for a similar-word table",
                             hint="lower --min-count or use more data")
-    tmp = out / f".{TABLE}.tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, out / TABLE)
     table = SimilarWords(*_split_arrays(arrays), {})
     examples = []
     for key in keys[:12]:
@@ -261,7 +253,9 @@ def build_similar_words(data_dir, out_dir, *, dim: int = 64, min_count: int = 5,
         "examples": examples,
         "timings": {"word2vec_s": round(t_train, 2), "total_s": round(time.time() - t0, 2)},
     }
-    write_manifest(out, report)  # written last: a folder with a manifest is complete
+    with replace_folder(out, overwrite, **out_policy) as stage:
+        np.savez(stage / TABLE, **arrays)
+        write_manifest(stage, report)
     return report
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from qingbert.data.corpus import JSONL_SUFFIXES, read_documents
 from qingbert.deploy.inference import load
 from qingbert.errors import QingbertError, require
-from qingbert.manifest import INDEX_FORMAT, check_out_folder, read_manifest, write_manifest
+from qingbert.manifest import INDEX_FORMAT, check_out_folder, read_manifest, replace_folder, write_manifest
 
 FORMAT = INDEX_FORMAT
 INDEX_FILE = "index.faiss"
@@ -144,7 +144,8 @@ def build_index(model_dir: str | Path, corpus: str | Path, out: str | Path, fact
     out = Path(out)
     t0 = time.perf_counter()
     texts, lines, empty, fields = read_documents(corpus, text_field)
-    check_out_folder(out, overwrite, what="a qingbert index", fmt=FORMAT)
+    inputs = {"model folder": model_dir, "corpus": corpus}
+    check_out_folder(out, overwrite, what="a qingbert index", fmt=FORMAT, inputs=inputs)  # before the long encode
     if model is None:
         model = load(model_dir, backend=backend)
     vectors = _encode_all(model, texts, batch_size, pooling, progress)
@@ -153,14 +154,6 @@ def build_index(model_dir: str | Path, corpus: str | Path, out: str | Path, fact
     train_index(index, vectors, factory)
     index.add_with_ids(vectors, np.arange(len(texts), dtype=np.int64))
 
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in (INDEX_FILE, TEXTS_FILE):
-        (out / stale).unlink(missing_ok=True)
-    _faiss().write_index(index, str(out / INDEX_FILE))
-    with open(out / TEXTS_FILE, "w", encoding="utf-8") as fh:
-        for i, (line, text, extra) in enumerate(zip(lines, texts, fields)):
-            rec = {"id": i, "line": line, "text": text, **({"fields": extra} if extra else {})}
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
     record = {
         "format": FORMAT,
         "model": str(Path(model_dir).resolve()),
@@ -177,7 +170,13 @@ def build_index(model_dir: str | Path, corpus: str | Path, out: str | Path, fact
         "skipped": {"empty_lines": len(empty), "first_empty_lines": empty[:20]},
         "seconds": {"encode": round(t_encode, 3), "total": round(time.perf_counter() - t0, 3)},
     }
-    write_manifest(out, record)
+    with replace_folder(out, overwrite, what="a qingbert index", fmt=FORMAT, inputs=inputs) as stage:
+        _faiss().write_index(index, str(stage / INDEX_FILE))
+        with open(stage / TEXTS_FILE, "w", encoding="utf-8") as fh:
+            for i, (line, text, extra) in enumerate(zip(lines, texts, fields)):
+                rec = {"id": i, "line": line, "text": text, **({"fields": extra} if extra else {})}
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        write_manifest(stage, record)
     return record
 
 

@@ -71,6 +71,7 @@ class Model:
         labels = self.info["labels"] or hf_labels(self.folder)
         self.labels = labels
         self.head = None
+        self.last_truncated = 0  # how many inputs of the last predict() call were cut at cfg.max_len tokens
         if self.kind != "encoder":
             self.head = HEADS[self.kind](SimpleNamespace(labels=[]))
             if self.kind == "ner":
@@ -130,7 +131,9 @@ class Model:
         if not items:
             return []
         examples = self._examples(items)
-        ds, _ = self.head.encode(examples, self.tokenizer, self.cfg, train=False)
+        ds, report = self.head.encode(examples, self.tokenizer, self.cfg, train=False)
+        # inputs cut at max_len (sentence and pair models; NER and MRC slide windows over long texts instead)
+        self.last_truncated = int((report or {}).get("truncated_to_max_len", 0))
         out = self._run(ds, self.head.outputs, batch_size, self.head.token_level)
         if self.kind == "mrc":
             from qingbert.tasks.mrc import decode_qa

@@ -44,7 +44,6 @@ import copy
 import itertools
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections import Counter
@@ -54,7 +53,14 @@ from qingbert.data.corpus import read_sources, read_utf8
 from qingbert.data.text import Stats, clean_text
 from qingbert.data.vocab import SPECIALS
 from qingbert.errors import QingbertError
-from qingbert.manifest import FINETUNED_FORMAT, MODEL_FORMAT, check_out_folder, read_manifest, write_manifest
+from qingbert.manifest import (
+    FINETUNED_FORMAT,
+    MODEL_FORMAT,
+    check_out_folder,
+    read_manifest,
+    replace_folder,
+    write_manifest,
+)
 from qingbert.models import loading
 from qingbert.models.loading import quiet_transformers
 from qingbert.models.tokenizer import save_tokenizer
@@ -468,9 +474,9 @@ def prune_vocab(model: str, corpus: list[str], out, *, keep=None, min_count: int
     out = Path(out).expanduser()
 
     source, local = loading.resolve_source(model)
-    check_out_folder(out, overwrite, what="a model folder (no config.json)",
-                     is_ours=lambda d: (d / "config.json").is_file(),
-                     inputs={"model folder": Path(source) if local else None})
+    out_policy = {"what": "a model folder (no config.json)", "is_ours": lambda d: (d / "config.json").is_file(),
+                  "inputs": {"model folder": Path(source) if local else None}}
+    check_out_folder(out, overwrite, **out_policy)  # before the long work; replace_folder checks again
     keep_tokens = read_keep(keep)
     tokenizer, config, folder = _load(model)
 
@@ -506,10 +512,7 @@ def prune_vocab(model: str, corpus: list[str], out, *, keep=None, min_count: int
     net.eval()
     pruned, changed = _prune_model(net, kept, old_size)
 
-    staging = out.parent / f".{out.name}.prune-tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with replace_folder(out, overwrite, **out_policy) as staging:
         with tempfile.TemporaryDirectory(prefix="qingbert-prune-tok-") as tmp:
             new_tok = _pruned_tokenizer(tokenizer, kept, Path(tmp))
             verify = list(dict.fromkeys(counter.sample + counter.unk_sample))
@@ -556,12 +559,6 @@ def prune_vocab(model: str, corpus: list[str], out, *, keep=None, min_count: int
             manifest["source_stage"] = manifest["stage"]
         manifest.update(stage=STAGE, source_model=str(model), prune=report)
         write_manifest(staging, manifest)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return dict(report, kept_old_ids=kept)
 
 

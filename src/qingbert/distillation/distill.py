@@ -48,7 +48,7 @@ from qingbert.pretraining.mlm import IGNORE, MLMObjective, WWMCollator, attentio
 from qingbert.pretraining.pretrain import open_data, train_and_save
 from qingbert.tasks.finetune import FORMAT as FT_FORMAT
 from qingbert.tasks.finetune import finetune
-from qingbert.training.loop import TrainConfig, Trainer, seed_everything
+from qingbert.training.loop import SUB_RUNS, TrainConfig, Trainer, seed_everything
 
 FORMAT = DISTILLED_FORMAT
 
@@ -207,7 +207,7 @@ def distill_general(teacher: str | list, student: str, data: str | Path, out: st
                 raise QingbertError(f"teacher {name} has an untrained MLM head ({why}); its soft targets are noise",
                                     hint="train the head alone first with --fit-teacher-head STEPS, or distil "
                                          "hidden states only with --hidden-only")
-            net = _fit_teacher_head(net, train_ds, eval_ds, collate, out / "teacher-head", cfg, cfg.fit_teacher_head)
+            net = _fit_teacher_head(net, train_ds, eval_ds, collate, out / SUB_RUNS[0], cfg, cfg.fit_teacher_head)
             info["fitted_head_steps"] = cfg.fit_teacher_head
             info["masked_accuracy_after_fit"] = _teacher_accuracy(net, eval_ds, collate)
         teachers.append(net)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from qingbert.embeddings.inputs import check_pairs, read_corpus
 from qingbert.embeddings.pooling import canonical_pooling, pool_tokens
-from qingbert.embeddings.st_format import ST_POOLING, has_trained_pooler, same_folder, save_sentence_transformers
+from qingbert.embeddings.st_format import ST_POOLING, has_trained_pooler, save_sentence_transformers
 from qingbert.errors import QingbertError
 from qingbert.models.backends import describe
 from qingbert.models.loading import load_tokenizer, quiet_load
@@ -189,8 +189,6 @@ def train_simcse(model_dir: str | Path, out_dir: str | Path, texts=None, pairs=N
         raise QingbertError(f"temperature must be positive, got {cfg.temperature}")
     model_dir, out = Path(model_dir), Path(out_dir)
     describe(model_dir)  # a clear error when it is not a model folder
-    if same_folder(out, model_dir):
-        raise QingbertError(f"--out {out} is the model folder itself", hint="write to a new folder")
     tokenizer = load_tokenizer(str(model_dir))
     seed_everything(cfg.train.seed)
     hf_config = transformers.AutoConfig.from_pretrained(str(model_dir))

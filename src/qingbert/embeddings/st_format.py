@@ -207,14 +207,6 @@ def whitening_to_dense(kernel, bias) -> tuple[torch.Tensor, torch.Tensor]:
             torch.from_numpy((bias @ kernel).astype(np.float32)))
 
 
-def same_folder(a: Path, b: Path) -> bool:
-    """Whether two paths are one folder (an output must not be the model folder it reads)."""
-    try:
-        return a.resolve() == b.resolve()
-    except OSError:
-        return False
-
-
 def save_sentence_transformers(out_dir: str | Path, model, tokenizer, *, pooling: str = "mean", pooling_layer: int = -1,
                                max_len: int = 128, dense: tuple | None = None, normalize: bool = False,
                                pooler_trained: bool = True, record: dict | None = None) -> dict:
@@ -305,4 +297,4 @@ def _st_model_config() -> dict:
 
 
 __all__ = ["FORMAT", "ST_POOLING", "ST_TYPES", "IDENTITY", "FolderSettings", "folder_settings",
-           "save_sentence_transformers", "whitening_to_dense", "read_json", "has_trained_pooler", "same_folder"]
+           "save_sentence_transformers", "whitening_to_dense", "read_json", "has_trained_pooler"]

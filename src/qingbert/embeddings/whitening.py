@@ -14,8 +14,8 @@ import numpy as np
 
 from qingbert.embeddings.encoder import SentenceEncoder
 from qingbert.embeddings.inputs import read_corpus
-from qingbert.embeddings.st_format import same_folder
 from qingbert.errors import QingbertError
+from qingbert.manifest import EMBEDDINGS_FORMAT, check_out_folder, replace_folder
 
 RANK_TOLERANCE = 1e-10  # whitening: a direction with variance below this share of the largest has none
 
@@ -57,13 +57,16 @@ def fit_whitening(vectors, n_components: int | None = None) -> tuple[np.ndarray,
 
 def whiten_model(model_dir: str | Path, corpus, out_dir: str | Path, n_components: int | None = None,
                  pooling: str | None = None, pooling_layer: int | None = None, max_len: int | None = None,
-                 batch_size: int = 64, show_progress_bar: bool | None = None) -> dict:
+                 batch_size: int = 64, show_progress_bar: bool | None = None, overwrite: bool = False) -> dict:
     """Fit BERT-whitening on ``corpus`` (a text file, one sentence per line, or a list of sentences) with the
     model's vectors and write the model plus the whitening to ``out_dir`` (sentence-transformers layout).
-    A whitening the model already had is replaced (fitted on the un-whitened vectors)."""
+    A whitening the model already had is replaced (fitted on the un-whitened vectors).  ``out_dir`` follows the
+    output-folder policy: a non-empty folder is replaced only with ``overwrite`` and only when whiten or simcse
+    made it; never the model folder or one holding it."""
     out = Path(out_dir)
-    if same_folder(out, Path(model_dir)):
-        raise QingbertError(f"--out {out} is the model folder itself", hint="write the whitened model to a new folder")
+    policy = {"what": "a sentence-embedding folder", "fmt": EMBEDDINGS_FORMAT,
+              "inputs": {"model folder": model_dir, "corpus": corpus if isinstance(corpus, (str, Path)) else None}}
+    check_out_folder(out, overwrite, **policy)  # before the long encode; replace_folder checks again
     if isinstance(corpus, (str, Path)):
         texts, counts = read_corpus(corpus)
         where = str(corpus)
@@ -87,9 +90,11 @@ def whiten_model(model_dir: str | Path, corpus, out_dir: str | Path, n_component
     kernel, bias = fit_whitening(vecs, n_components)
     enc.set_whitening(kernel, bias)
     enc.normalize = normalize
-    res = enc.save(out, record={"stage": "whiten", "base_model": str(model_dir),
-                                "whitening": {"corpus": counts, "n_components": int(kernel.shape[1]),
-                                              "input_dimension": int(kernel.shape[0]), "truncated": truncated}})
+    with replace_folder(out, overwrite, **policy) as stage:
+        res = enc.save(stage, record={"stage": "whiten", "base_model": str(model_dir),
+                                      "whitening": {"corpus": counts, "n_components": int(kernel.shape[1]),
+                                                    "input_dimension": int(kernel.shape[0]), "truncated": truncated}})
+    res["out"] = str(out)
     return {**res, **counts, "n_components": int(kernel.shape[1]), "truncated": truncated}
 
 

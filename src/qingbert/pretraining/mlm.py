@@ -237,6 +237,12 @@ def tokenizer_info(tokenizer) -> dict:
             "special_ids": sorted(set(tokenizer.all_special_ids)), "vocab_size": len(tokenizer)}
 
 
+def missing_mlm_head(loading_info: dict) -> list[str]:
+    """The masked-LM head tensors a folder lacked when loaded (``from_pretrained(..., output_loading_info=True)``):
+    a fine-tuned classifier or a bare encoder has none, so its head is random."""
+    return [k for k in loading_info.get("missing_keys", []) if "cls." in k or "lm_head" in k or "predictions" in k]
+
+
 def load_mlm(model: str, tokenizer, overrides: dict | None = None, weights: bool = False,
              init: str = "default") -> tuple[object, dict]:
     """A masked-LM model for ``model`` (zoo name -> from scratch; folder/hub id -> weights) + how it was made.
@@ -273,7 +279,7 @@ def load_mlm(model: str, tokenizer, overrides: dict | None = None, weights: bool
     if model_tok is not None and model_tok.get_vocab() != vocab:
         raise QingbertError(f"the data was tokenized with a different vocabulary than {model}'s",
                             hint=f"re-run `qingbert prepare ... --tokenizer {model}`")
-    missing = [k for k in info.get("missing_keys", []) if "cls." in k or "lm_head" in k or "predictions" in k]
+    missing = missing_mlm_head(info)
     if missing:
         print(f"qingbert: {model} has no trained MLM head ({len(missing)} head tensors missing); "
               "initialised it randomly", flush=True)

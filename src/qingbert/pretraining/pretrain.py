@@ -31,6 +31,7 @@ from qingbert.pretraining.mlm import (
     MLMObjective,
     WWMCollator,
     load_mlm,
+    missing_mlm_head,
     set_dropout,
     tokenizer_info,
 )
@@ -201,7 +202,13 @@ def fill_mask(model: str, text: str, top_k: int = 5) -> list:
     if "[MASK]" not in text:
         raise QingbertError("the text has no [MASK]", hint='e.g. "今天[MASK]气很好"')
     tok = load_tokenizer(model)
-    m = loading.load_model(model, head="mlm")
+    m, info = loading.load_model(model, head="mlm", loading_info=True)
+    missing = missing_mlm_head(info)
+    if missing:
+        raise QingbertError(f"{model} has no trained masked-LM head ({len(missing)} head tensors missing): its "
+                            "fillers would be random",
+                            hint="fill-mask needs a pretrained or distilled masked-LM folder (qingbert pretrain, "
+                                 "distill), not a fine-tuned classifier or a bare encoder")
     m.eval()
     fill = pipeline("fill-mask", model=m, tokenizer=tok, top_k=top_k)
     res = fill(text)

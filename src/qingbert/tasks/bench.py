@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Callable
 
 from qingbert.errors import QingbertError
-from qingbert.manifest import BENCH_FORMAT, BENCH_RUN_FORMAT, atomic_write_text, write_manifest
+from qingbert.manifest import BENCH_FORMAT, BENCH_RUN_FORMAT, atomic_write_text, read_manifest, write_manifest
 from qingbert.models import loading, zoo
 from qingbert.tasks.readers import load_task
 
@@ -541,6 +541,11 @@ def bench(config: BenchConfig | dict, finetune_fn: Callable | None = None) -> di
         warnings.append(f"only {len(cfg.seeds)} seed{'s' * (len(cfg.seeds) > 1)}: the protocol averages "
                         f"over at least {PROTOCOL_SEEDS}, so differences between models may be noise")
     out = runner.out
+    if out.exists() and not out.is_dir():
+        raise QingbertError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and (read_manifest(out) or {}).get("format") != FORMAT:
+        raise QingbertError(f"{out}: folder is not empty and is not a bench folder",
+                            hint="give a new or empty --out (a bench folder of the same settings is resumed)")
     out.mkdir(parents=True, exist_ok=True)
     record = {"format": FORMAT, "stage": "bench", "config": asdict(cfg), "reference": reference, "lrs": lrs}
     write_manifest(out, {**record, "status": "running"})

@@ -34,17 +34,20 @@ from qingbert.models import loading, zoo
 from qingbert.models.loading import load_tokenizer, transformers_class
 from qingbert.models.tokenizer import save_tokenizer
 from qingbert.tasks.heads import HEADS
-from qingbert.tasks.readers import Task, load_task
+from qingbert.tasks.readers import Task, load_task, missing_splits_error
 from qingbert.training.batching import run_model
 from qingbert.training.loop import TrainConfig, Trainer, fill_config, seed_everything
 
 FORMAT = FINETUNED_FORMAT
 
 
+MIN_LEN = 8  # tokens per sequence: fewer leaves [CLS] + [SEP] and next to no text
+
+
 @dataclass
 class FinetuneConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, epochs=3.0, save_every=0))
-    max_len: int = 128  # tokens per sequence (MRC: per window)
+    max_len: int = 128  # tokens per sequence (MRC: per window); at least MIN_LEN
     doc_stride: int = 0  # MRC: tokens shared by consecutive windows of a long context; 0 = max_len // 4
     max_query_len: int = 64  # MRC: question tokens kept
     n_best: int = 20  # MRC: start/end candidates per window
@@ -153,13 +156,16 @@ def finetune(model: str, task: str, out: str | Path, data_dir: str | None = None
     cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig.from_dict(config)
     if max_len:
         cfg.max_len = max_len
+    if cfg.max_len < MIN_LEN:
+        raise QingbertError(f"max_len {cfg.max_len} is too small: [CLS] and [SEP] leave {cfg.max_len - 2} tokens of "
+                            "text", hint=f"at least {MIN_LEN}; 128 (the default) suits most Chinese sentence tasks")
     t0 = time.time()
     out = Path(out)
     t = task if isinstance(task, Task) else load_task(task, data_dir)
     if t.type not in HEADS:
         raise QingbertError(f"task '{t.name}' has unknown type '{t.type}'")
     if "train" not in t.splits or "dev" not in t.splits:
-        raise QingbertError(f"task '{t.name}' needs train and dev splits (found: {', '.join(t.splits) or 'none'})")
+        raise missing_splits_error(t, ("train", "dev"))
     train_examples = subset(t.splits["train"], cfg.max_train_examples)
     dev_examples = t.splits["dev"]
     if not train_examples or not dev_examples:
@@ -182,7 +188,8 @@ def finetune(model: str, task: str, out: str | Path, data_dir: str | None = None
     trainer = Trainer(objective, train, collate, out, cfg.train, eval_data=dev_feats, fingerprint=fingerprint)
     trainer.run()
     result = {"steps": trainer.state["step"], "labels": head.labels, "out": str(out), "skipped": dict(t.skipped),
-              "skip_examples": t.skip_examples[:5], "fixed": dict(t.fixed)}
+              "skip_examples": t.skip_examples[:5], "fixed": dict(t.fixed), "train_examples": len(train_examples),
+              "truncated": int(train_report.get("truncated_to_max_len", 0)), "max_len": cfg.max_len}
     if trainer.acc.is_main_process:
         final = trainer.unwrapped_objective().trained_model()
         preds, dev_report = predict_split(final, head, tokenizer, dev_examples, cfg)

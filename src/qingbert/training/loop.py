@@ -36,6 +36,14 @@ import numpy as np
 import torch
 
 from qingbert.errors import QingbertError
+from qingbert.manifest import (
+    DISTILLED_FORMAT,
+    EMBEDDINGS_FORMAT,
+    FINETUNED_FORMAT,
+    MODEL_FORMAT,
+    PROMPT_FORMAT,
+    check_out_folder,
+)
 
 CHECKPOINTS = "checkpoints"
 STATE = "trainer_state.json"
@@ -171,6 +179,37 @@ def list_checkpoints(out: Path) -> list[Path]:
 # ---------------------------------------------------------------------------
 # The loop
 
+RUN_FORMATS = (MODEL_FORMAT, FINETUNED_FORMAT, PROMPT_FORMAT, DISTILLED_FORMAT, EMBEDDINGS_FORMAT)
+SUB_RUNS = ("teacher-head",)  # runs a stage makes inside its own out folder first (distillation's fitted head)
+INPUT_KEYS = ("model", "student", "teachers", "data")  # the fingerprint's entries that may name a local folder
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A folder a training run wrote: its checkpoints or log, or the manifest of a trained model."""
+    if (folder / CHECKPOINTS).is_dir() or (folder / "metrics.jsonl").is_file():
+        return True
+    if any(is_run_folder(folder / sub) for sub in SUB_RUNS if (folder / sub).is_dir()):
+        return True
+    try:
+        return (json.loads((folder / "manifest.json").read_text("utf-8")) or {}).get("format") in RUN_FORMATS
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_run_folder(out: Path, fingerprint: dict) -> None:
+    """The output-folder policy for training: a run writes into a new or empty folder or one a training run wrote
+    (its own earlier output), never into someone's other folder, and never into (or above) the folders it reads."""
+    inputs = {}
+    for key in INPUT_KEYS:
+        values = fingerprint.get(key)
+        values = values if isinstance(values, list) else [values]
+        for i, value in enumerate(values, 1):
+            if value and Path(str(value)).is_dir():
+                inputs[f"{key} folder {i}" if len(values) > 1 else f"{key} folder"] = value
+    check_out_folder(out, True, what="a training run's folder (checkpoints, metrics.jsonl or a trained model)",
+                     is_ours=is_run_folder, inputs=inputs)
+
+
 class Trainer:
     """Runs one objective on a dataset. ``run()`` trains to the end (or resumes) and returns the history."""
 
@@ -187,6 +226,7 @@ class Trainer:
         self.acc = Accelerator(gradient_accumulation_steps=self.cfg.grad_accum,
                                mixed_precision=self.cfg.mixed_precision, cpu=not _has_accelerator())
         self.out = Path(out)
+        check_run_folder(self.out, fingerprint or {})
         self.train_data, self.collate = train_data, collate
         self.eval_data, self.eval_collate = eval_data, eval_collate or collate
         self.world, self.rank = self.acc.num_processes, self.acc.process_index
