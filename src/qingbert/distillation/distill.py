@@ -173,9 +173,10 @@ def _load_student(student: str, tokenizer, overrides: dict, init: str = "default
 
 
 def _once(out: Path, cfg: DistillConfig, run) -> dict:
-    """Run a stage unless its folder already holds a complete one (then say so and return its manifest)."""
+    """Run a stage unless its folder already holds a complete one (then say so and return its manifest); with
+    ``overwrite`` (a changed recipe) it is always run again."""
     m = read_manifest(out)
-    if m and m.get("format") == FORMAT and m.get("complete") and not cfg.train.resume:
+    if m and m.get("format") == FORMAT and m.get("complete") and not cfg.train.resume and not cfg.train.overwrite:
         print(f"{m.get('stage', 'stage')} already done: {out} (delete it to redo)", flush=True)
         return m
     return run()
