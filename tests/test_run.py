@@ -113,6 +113,36 @@ def _recipe(tmp_path, text=TINY, name="recipe.yaml"):
     return path
 
 
+def _check_report(out, stages):
+    """The report of a real run: HTML that parses, a row per stage, the charts embedded, nothing online."""
+    from html.parser import HTMLParser
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.imgs, self.links, self.text = [], [], []
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "img":
+                self.imgs.append(a.get("src", ""))
+            for key in ("src", "href"):
+                if a.get(key):
+                    self.links.append(a[key])
+
+        def handle_data(self, data):
+            self.text.append(data)
+
+    page = Page()
+    page.feed((out / "report.html").read_text(encoding="utf-8"))
+    text = " ".join(page.text)
+    assert all(name in text for name in stages)
+    assert len(page.imgs) >= 3 and all(src.startswith("data:image/png;base64,") for src in page.imgs)
+    assert not [x for x in page.links if x.startswith(("http:", "https:", "//"))]
+    for title in ("Training curves", "Dev scores", "Score vs speed"):
+        assert title.lower() in text.lower(), title
+
+
 def _statuses(run_dir):
     return {s["name"]: s["status"] for s in json.loads((run_dir / "run.json").read_text())["stages"]}
 
@@ -152,6 +182,7 @@ def test_every_stage_runs_end_to_end(tiny_run):
     assert by["index"]["metrics"]["count"] == 40
     assert "% of teacher-sentiment" in printed  # the summary: each student against its teacher
     assert (out / "report.html").is_file() and (out / "report.md").is_file()
+    _check_report(out, ALL)
     from transformers import AutoModelForSequenceClassification  # a stage's folder is a plain transformers folder
 
     AutoModelForSequenceClassification.from_pretrained(str(out / "student-sentiment"))
@@ -295,3 +326,18 @@ def test_shipped_recipes_are_valid(name, tmp_path, capsys):
     assert main(["run", f"builtin:{name}", "--out", str(tmp_path / name), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "corpus" in out and "export" in out and not (tmp_path / name).exists()
+
+
+def test_the_readme_recipe_example_is_valid(tmp_path):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## One recipe for the whole chain", 1)[1]
+    text = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "my_corpus.txt").write_text("今天天气很好\n", encoding="utf-8")
+    path = _recipe(tmp_path, text)
+    recipe = load_recipe(str(path))
+    assert list(recipe.stages) == ["corpus", "teacher", "teacher-sentiment", "student", "student-sentiment", "export",
+                                   "index", "serve"]
+    assert recipe.stages["serve"].depends == ["export", "index"]

@@ -17,8 +17,8 @@ from pathlib import Path
 from qingbert.errors import QingbertError
 from qingbert.manifest import atomic_write_text, read_json, read_manifest, write_manifest
 from qingbert.pipeline.recipe import REF, Recipe, Stage, build_configs, kinds, load_recipe
+from qingbert.pipeline.report import RUN_FORMAT
 
-RUN_FORMAT = "qingbert.run/1"
 SERVE_FORMAT = "qingbert.serve-check/1"
 RUN_JSON = "run.json"
 
