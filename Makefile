@@ -19,6 +19,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed
+	$(PY) benchmarks/demo.py
 	$(PY) benchmarks/prepare.py
 	$(PY) benchmarks/pretrain.py
 	$(PY) benchmarks/finetune.py

@@ -341,3 +341,39 @@ def test_the_readme_recipe_example_is_valid(tmp_path):
     assert list(recipe.stages) == ["corpus", "teacher", "teacher-sentiment", "student", "student-sentiment", "export",
                                    "index", "serve"]
     assert recipe.stages["serve"].depends == ["export", "index"]
+
+
+def test_a_failing_stage_stops_the_run_and_a_rerun_continues_there(tmp_path, capsys):
+    text = """\
+stages:
+  vocab: {sources: [corpus.txt], size: 600}
+  bad:
+    do: prepare
+    sources: [empty.txt]
+    tokenizer: ${vocab}
+    max_seq_len: 32
+    progress: false
+  corpus:
+    do: prepare
+    sources: [corpus.txt]
+    tokenizer: ${vocab}
+    max_seq_len: 32
+    progress: false
+"""
+    path = _recipe(tmp_path, text)
+    (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qingbert: error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    run = json.loads((out / "run.json").read_text())
+    by = {s["name"]: s for s in run["stages"]}
+    assert run["status"] == "failed" and by["bad"]["status"] == "failed" and by["bad"]["error"]
+    assert by["vocab"]["status"] == "done" and by["corpus"]["status"] == "pending"  # stopped there
+    vocab_made = (out / "vocab" / "manifest.json").stat().st_mtime_ns
+    (tmp_path / "empty.txt").write_text("今天天气很好，我们去公园散步。\n这本书写得很好，值得一看。\n", encoding="utf-8")
+    steps = {s["stage"]: (s["action"], s["why"]) for s in plan(load_recipe(str(path)), out)}
+    assert steps["vocab"][0] == "up-to-date" and steps["bad"] == ("run", "changed: sources.0 (file changed)")
+    assert main(["run", str(path), "--out", str(out), "--no-report"]) == 0
+    assert _statuses(out) == {"vocab": "up-to-date", "bad": "done", "corpus": "done"}
+    assert (out / "vocab" / "manifest.json").stat().st_mtime_ns == vocab_made  # the earlier stage's output kept

@@ -135,7 +135,7 @@ def key_metric(s: dict) -> str:
         return f"{m.get('metric', 'score')}: " + ", ".join(f"{b} {fmt_num(v, '.2f')}" for b, v in m["scores"].items())
     if "masked_accuracy_after" in m:
         before = f"{pct('masked_accuracy_before')} -> " if "masked_accuracy_before" in m else ""
-        agree = f", teacher agreement {pct('teacher_agreement')}" if "teacher_agreement" in m else ""
+        agree = f", teacher agreement {pct('teacher_agreement')}" if num(m.get("teacher_agreement")) is not None else ""
         return f"masked accuracy {before}{pct('masked_accuracy_after')}{agree}"
     if kind == "serve" and isinstance(m.get("latency_ms"), dict):
         return f"p50 {fmt_num(m['latency_ms'].get('p50'))} ms ({m.get('backend', '?')})"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from qingbert.errors import QingbertError
@@ -260,6 +261,8 @@ def run_recipe(source: str | Path, out: str | Path | None = None, *, until: str 
             rec["metrics"] = collect_metrics(recipe.stages[rec["name"]], folder, run_dir)
         if folder.exists():
             rec["size_bytes"] = _size(folder)
+    if any(s["action"] in ("run", "resume") for s in steps):
+        measure_models(record, run_dir, echo=echo)
     selected_all = all(s["action"] != "not selected" for s in steps)
     record.update(status="done" if selected_all else "partial", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   elapsed_s=round(time.time() - t_run, 1))
@@ -438,19 +441,17 @@ SERVE_TEXTS = ["质量很好，下次还买", "太差了，再也不买了", "�
 
 
 def _serve(st, inp, opts, out, *, resume, progress, echo):
-    """Serve the model (and index) on a loopback port for a few seconds: encode, classify, search, one bad
-    request; the latency of ``requests`` single-text requests is measured."""
+    """Start ``qingbert serve`` on the model (and index) as its own process, as a user would, on a free loopback port;
+    send encode, classify, search and one bad request; time ``requests`` single-text requests; stop it."""
     import httpx
     import numpy as np
 
-    from qingbert.serve.config import ServeConfig
-    from qingbert.serve.workers import running_server
-
     texts = list(opts.get("texts") or SERVE_TEXTS)
     n = int(opts.get("requests", 50))
-    cfg = ServeConfig(max_batch=int(opts.get("max_batch", 32)))
     rec: dict = {"format": SERVE_FORMAT, "model": inp["model"], "index": inp.get("index"), "requests": n}
-    with running_server(inp["model"], inp.get("index"), cfg) as url, httpx.Client(base_url=url, timeout=60) as c:
+    out.mkdir(parents=True, exist_ok=True)
+    with _server(inp["model"], inp.get("index"), int(opts.get("max_batch", 32)), out / "server.log") as url, \
+            httpx.Client(base_url=url, timeout=60) as c:
         health = c.get("/health").json()
         rec["backend"], rec["kind"] = health.get("backend"), health.get("kind")
         echo(f"server at {url}: a {health.get('kind')} model on {health.get('backend')}")
@@ -480,10 +481,52 @@ def _serve(st, inp, opts, out, *, resume, progress, echo):
                 raise QingbertError(f"serve check: {route} answered {r.status_code}: {r.text[:200]}")
     p = {f"p{q}": round(float(np.percentile(times, q)), 2) for q in (50, 90, 99)}
     rec.update(route=route, latency_ms=p, bad_request_status=bad.status_code)
-    echo(f"{n} single-text {route} requests: p50 {p['p50']:.1f} ms, p99 {p['p99']:.1f} ms; server stopped")
-    out.mkdir(parents=True, exist_ok=True)
+    echo(f"{n} single-text {route} requests, one at a time: p50 {p['p50']:.1f} ms, p99 {p['p99']:.1f} ms; "
+         "server stopped")
     write_manifest(out, rec)
     return collect_metrics(st, out, out.parent)
+
+
+@contextmanager
+def _server(model: str, index: str | None, max_batch: int, log: Path, timeout_s: float = 180.0):
+    """``qingbert serve`` in a child process on a free loopback port; yields its URL once /health answers."""
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "qingbert", "serve", str(model), "--port", str(port), "--max-batch", str(max_batch),
+           "--log-level", "warning"] + (["--index", str(index)] if index else [])
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "w", encoding="utf-8") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
+                raise QingbertError(f"qingbert serve exited with status {proc.returncode}: {' '.join(tail)}",
+                                    hint=f"its output is in {log}")
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                raise QingbertError(f"qingbert serve did not answer within {timeout_s:.0f} s", hint=f"see {log}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 STAGES = {"prepare": _prepare, "vocab": _vocab, "pretrain": _pretrain, "distill": _distill, "finetune": _finetune,
@@ -494,14 +537,28 @@ STAGES = {"prepare": _prepare, "vocab": _vocab, "pretrain": _pretrain, "distill"
 # key metrics of a finished stage (from its manifest), for run.json and the report
 
 
-def _model_speed(folder: Path) -> dict:
-    """Sentences/s of the model's encoder, torch, batch 32 x 128 tokens, this machine (bench's measurement)."""
+def measure_models(record: dict, run_dir: Path, rounds: int = 2, repeats: int = 5, echo=print) -> None:
+    """Sentences/s of every fine-tuned or distilled model of the run (the encoder, torch, batch 32 x 128 tokens, this
+    machine; bench's measurement), the models interleaved and the best of ``rounds`` kept, so that a teacher and its
+    student are timed under the same conditions."""
     from qingbert.tasks.bench import measure_speed
 
-    try:
-        return {"torch": measure_speed(folder)["seq_per_s"]}
-    except Exception:  # noqa: BLE001 - a figure for the report, never a reason to fail the stage
-        return {}
+    models = [s for s in record["stages"] if (s.get("metrics") or {}).get("score") is not None
+              and s.get("kind") in ("finetune", "distill") and (run_dir / s["name"]).is_dir()]
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for s in models:
+            try:
+                speed = measure_speed(run_dir / s["name"], repeats=repeats)["seq_per_s"]
+            except Exception:  # noqa: BLE001 - a figure for the report, never a reason to fail the run
+                continue
+            best[s["name"]] = max(best.get(s["name"], 0.0), speed)
+    for s in models:
+        if s["name"] in best:
+            s["metrics"]["speed"] = {"torch": best[s["name"]]}
+    if best:
+        echo(f"speed (sentences/s, encoder, batch 32 x 128, torch, best of {rounds} interleaved rounds): "
+             + ", ".join(f"{k} {v:,.0f}" for k, v in best.items()))
 
 
 def collect_metrics(st: Stage, folder: Path, run_dir: Path) -> dict:
@@ -528,7 +585,7 @@ def collect_metrics(st: Stage, folder: Path, run_dir: Path) -> dict:
     if k in ("finetune", "distill"):
         dev = m.get("dev") or {}
         out = {"task": m.get("task") or st.inputs.get("task"), "metric": dev.get("metric"), "score": dev.get("score"),
-               "parameters": m.get("parameters") or _count(folder), "speed": _model_speed(folder)}
+               "parameters": m.get("parameters") or _count(folder)}
         if k == "distill":
             out["stage"] = "task"
             teacher = st.inputs.get("teacher")
