@@ -183,6 +183,9 @@ def test_every_stage_runs_end_to_end(tiny_run):
     assert "% of teacher-sentiment" in printed  # the summary: each student against its teacher
     assert (out / "report.html").is_file() and (out / "report.md").is_file()
     _check_report(out, ALL)
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0 and (out / "report.html").is_file()  # the verb, on its own
+    assert main(["report", str(out / "teacher")]) == 2  # not a run folder: one error
     from transformers import AutoModelForSequenceClassification  # a stage's folder is a plain transformers folder
 
     AutoModelForSequenceClassification.from_pretrained(str(out / "student-sentiment"))

@@ -104,6 +104,8 @@ def _what_changed(old: dict | None, new: dict) -> str:
     def flat(d, prefix=""):
         out = {}
         for k, v in (d or {}).items():
+            if isinstance(v, list) and any(isinstance(x, dict) for x in v):
+                v = {str(i): x for i, x in enumerate(v)}
             if isinstance(v, dict) and "stamp" not in v:
                 out.update(flat(v, f"{prefix}{k}."))
             else:
