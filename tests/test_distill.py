@@ -133,6 +133,30 @@ def test_init_from_teacher_layers_copies_exactly():
             init_from_teacher_layers(teacher, layers)
 
 
+def test_init_from_teacher_layers_prunes_the_feed_forward_to_the_most_important_neurons():
+    teacher = bert(50, layers=2).eval()
+    ffn = teacher.config.intermediate_size
+    student = init_from_teacher_layers(teacher, [1], intermediate_size=ffn // 4).eval()
+    t, s = teacher.bert.encoder.layer[1], student.bert.encoder.layer[0]
+    assert s.intermediate.dense.weight.shape == (ffn // 4, teacher.config.hidden_size)
+    score = t.intermediate.dense.weight.norm(dim=1) * t.output.dense.weight.norm(dim=0)
+    kept = torch.sort(torch.topk(score, ffn // 4).indices).values
+    assert torch.equal(s.intermediate.dense.weight, t.intermediate.dense.weight[kept])
+    assert torch.equal(s.intermediate.dense.bias, t.intermediate.dense.bias[kept])
+    assert torch.equal(s.output.dense.weight, t.output.dense.weight[:, kept])
+    assert torch.equal(s.attention.self.query.weight, t.attention.self.query.weight)  # attention copied whole
+    # the pruned layer computes the teacher layer's feed-forward with the other neurons switched off
+    x = torch.randn(2, 5, teacher.config.hidden_size)
+    mask = torch.zeros(ffn)
+    mask[kept] = 1
+    ref = torch.nn.functional.linear(t.intermediate(x) * mask, t.output.dense.weight, t.output.dense.bias)
+    assert torch.allclose(s.output.dense(s.intermediate(x)), ref, atol=1e-6)
+    for overrides, msg in (({"intermediate_size": ffn + 1}, "at most"), ({"hidden_size": 8}, "keeps the teacher's"),
+                           ({"num_attention_heads": 1}, "keeps the teacher's")):
+        with pytest.raises(QingbertError, match=msg):
+            init_from_teacher_layers(teacher, [0], **overrides)
+
+
 # ---------------------------------------------------------------------------
 # the general objective
 

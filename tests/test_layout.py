@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "qingbert"
 FLOORS = ["training", "models", "data", "pretraining", "tasks", "distillation", "embeddings", "deploy", "serve",
-          "cli"]
+          "pipeline", "cli"]
 
 
 def lint_imports(config: Path, cwd: Path, pythonpath: Path) -> subprocess.CompletedProcess:

@@ -188,8 +188,8 @@ def test_cli_help_for_every_verb(capsys):
     from qingbert.cli.main import COMMANDS, build_parser, main
 
     verbs = [a for a in build_parser()._subparsers._group_actions[0].choices]  # noqa: SLF001 - every verb
-    assert verbs == ["zoo", "prepare", "vocab", "pretrain", "fill-mask", "finetune", "predict", "export", "speed",
-                     "distill", "bench", "demo", "encode", "whiten", "simcse", "eval-sts", "index", "serve",
+    assert verbs == ["run", "report", "demo", "zoo", "prepare", "vocab", "pretrain", "fill-mask", "finetune", "predict",
+                     "export", "speed", "distill", "bench", "encode", "whiten", "simcse", "eval-sts", "index", "serve",
                      "prune-vocab", "similar-words"]
     assert set(COMMANDS) == set(verbs)  # every verb registered the same way, none left out of the order
     for verb in verbs:

@@ -65,11 +65,35 @@ FORMAT = DISTILLED_FORMAT
 # initialising a shallower model from teacher layers
 
 _LAYER_KEY = re.compile(r"^(.*\.layers?\.)(\d+)(\..*)$")
+_FFN_IN = re.compile(r"^\.intermediate\.dense\.(weight|bias)$")  # BERT / RoBERTa / ELECTRA feed-forward: [I, H], [I]
+_FFN_OUT = re.compile(r"^\.output\.dense\.weight$")  # [H, I] (not attention.output.dense)
+
+
+def _ffn_neurons(state: dict, size: int) -> dict:
+    """Per layer (key prefix ``...layer.N``), the ``size`` feed-forward neurons with the largest
+    ``|w_in| * |w_out|``, in their original order."""
+    import torch
+
+    keep = {}
+    for k, w_in in state.items():
+        m = _LAYER_KEY.match(k)
+        if m is None or not _FFN_IN.match(m.group(3)) or not k.endswith("weight"):
+            continue
+        w_out = state.get(f"{m.group(1)}{m.group(2)}.output.dense.weight")
+        if w_out is None:
+            raise QingbertError(f"cannot prune the feed-forward of {k}: no output.dense.weight beside it")
+        score = w_in.float().norm(dim=1) * w_out.float().norm(dim=0)
+        keep[m.group(1) + m.group(2)] = torch.sort(torch.topk(score, size).indices).values
+    return keep
 
 
 def init_from_teacher_layers(teacher, layers: list[int], **config_overrides):
     """A model of the teacher's class and width with ``len(layers)`` layers: embeddings, the chosen layers
-    (in the given order) and every head copied exactly from the teacher."""
+    (in the given order) and every head copied exactly from the teacher.
+
+    ``intermediate_size`` smaller than the teacher's keeps, in each copied layer, the feed-forward neurons that
+    matter most (largest ``|w_in| * |w_out|``: the norms of a neuron's input row and output column), in their
+    order -- structured pruning of the FFN; the width and the heads cannot change."""
     n = Shape.of(teacher).layers
     layers = [int(x) for x in layers]
     if not layers:
@@ -83,17 +107,33 @@ def init_from_teacher_layers(teacher, layers: list[int], **config_overrides):
                             "(transformer layers, counted from 0)")
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = len(layers)
+    for k in ("hidden_size", "num_attention_heads"):
+        if k in config_overrides and config_overrides[k] != getattr(config, k):
+            raise QingbertError(f"init_from_teacher_layers keeps the teacher's {k} ({getattr(config, k)}), not "
+                                f"{config_overrides[k]}", hint=f"drop {k} from the overrides")
     for k, v in config_overrides.items():
         setattr(config, k, v)
+    ffn, ffn_teacher = int(config.intermediate_size), int(teacher.config.intermediate_size)
+    if not 0 < ffn <= ffn_teacher:
+        raise QingbertError(f"intermediate_size {ffn}: a student initialised from teacher layers keeps at most the "
+                            f"teacher's {ffn_teacher} feed-forward neurons")
     student = type(teacher)(config)
     pos = {t: s for s, t in enumerate(layers)}
+    teacher_state = teacher.state_dict()
+    keep = {} if ffn == ffn_teacher else _ffn_neurons(teacher_state, ffn)
     state = {}
-    for k, v in teacher.state_dict().items():
+    for k, v in teacher_state.items():
         m = _LAYER_KEY.match(k)
         if m is None:
             state[k] = v.clone()
         elif int(m.group(2)) in pos:
-            state[f"{m.group(1)}{pos[int(m.group(2))]}{m.group(3)}"] = v.clone()
+            rest = m.group(3)
+            idx = keep.get(m.group(1) + m.group(2))
+            if idx is not None and _FFN_IN.match(rest):
+                v = v[idx]  # rows (and bias entries) of the kept neurons
+            elif idx is not None and _FFN_OUT.match(rest):
+                v = v[:, idx]  # their columns in the output projection
+            state[f"{m.group(1)}{pos[int(m.group(2))]}{rest}"] = v.clone()
     missing, unexpected = student.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:

@@ -12,5 +12,5 @@ requests into model calls.  ``state``: one app's model, index, batchers and metr
 supervisor, and :func:`running_server`.  (The ``serve`` verb lives in
 :mod:`qingbert.cli.serve`.)
 
-Floor 9: imports every floor below (deploy, embeddings, tasks, models, data, ...); never cli or demo.
+Floor 9: imports every floor below (deploy, embeddings, tasks, models, data, ...); never pipeline, demo or cli.
 """
