@@ -1,7 +1,7 @@
 """Issue #5's "keeps >= 98 %" figure: a same-width H256 student from the demo teacher, with transfer-set KD.
 
-From a finished ``qingbert demo`` folder (``--demo DIR``: its ``teacher/``, ``corpus/`` and the fine-tuned
-teachers in ``finetune/<task>/teacher``):
+From a finished ``qingbert demo --full`` folder (``--demo DIR``: its ``teacher/``, ``corpus/`` and the fine-tuned
+teachers ``teacher-sentiment/``, ``teacher-ner/``):
 
 1. general stage: ``distill_general`` teacher -> a 1 x 256 student initialised from the teacher's layer 1
    (``init_from_teacher_layers: [1]``: embeddings, that layer and the MLM head), the demo's general recipe
@@ -38,7 +38,7 @@ GOAL = 0.98
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--demo", required=True, help="a finished `qingbert demo` output folder")
+    ap.add_argument("--demo", required=True, help="a finished `qingbert demo --full` output folder")
     ap.add_argument("--layers", default="1", help="teacher layers the student starts from (default 1)")
     ap.add_argument("--tasks", default="builtin:reviews-sentiment,builtin:peoples-daily-ner")
     ap.add_argument("--work", default=str(HERE / "work" / "distill_keep"))
@@ -56,7 +56,7 @@ def main() -> None:
     layers = [int(x) for x in args.layers.split(",")]
     for need in ("teacher", "corpus"):
         if not (demo / need / "manifest.json").exists():
-            raise SystemExit(f"{demo / need}: missing; run `qingbert demo` first (or give its output folder)")
+            raise SystemExit(f"{demo / need}: missing; run `qingbert demo --full` first (or give its output folder)")
     t0 = time.time()
     student = work / "general"
     shutil.rmtree(student, ignore_errors=True)
@@ -74,7 +74,8 @@ def main() -> None:
     rows = []
     for task in args.tasks.split(","):
         short = task.split(":")[-1]
-        teacher = demo / "finetune" / short / "teacher"
+        teacher = demo / {"reviews-sentiment": "teacher-sentiment", "peoples-daily-ner": "teacher-ner"}.get(
+            short, f"teacher-{short}")  # builtin:demo-full's fine-tuned teachers
         tm = read_manifest(teacher)
         if tm is None:
             raise SystemExit(f"{teacher}: no fine-tuned teacher for {task} in the demo folder")

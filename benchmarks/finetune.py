@@ -1,6 +1,6 @@
 """What pretraining is worth: the demo teacher vs a random-init model of its shape, through `qingbert bench`.
 
-Pretrains the demo's teacher (the same recipe as `qingbert demo`, on the same built-in corpus),
+Pretrains the demo's teacher (the same recipe as `qingbert demo --full`, on the same built-in corpus),
 then runs the bench protocol (lr grid x epochs x seeds, mean +- std, best mean per model and task)
 for the teacher and `random:<teacher>` on the two built-in tasks, and writes
 `benchmarks/results/finetune.{json,md}` with the scores, the gap in points and the time the bench took.
