@@ -47,3 +47,31 @@ def test_demo_runs_every_stage_of_its_recipe(tmp_path, capsys):
     assert main(args + ["--no-report"]) == 0
     run = json.loads((out / "run.json").read_text())
     assert all(s["status"] == "up-to-date" for s in run["stages"])
+
+
+FULL_QUICK = ["teacher.max_steps=12", "teacher.save_every=0", "student.max_steps=6", "student.save_every=0",
+              "export.max_dev_examples=100", "export.force=true", "index.limit=100", "serve.requests=5"] + [
+    f"{stage}.{key}" for stage in ("teacher-sentiment", "teacher-ner", "random-sentiment", "random-ner",
+                                   "student-sentiment", "student-ner")
+    for key in ("max_train_examples=200", "epochs=1")]
+
+
+@pytest.mark.timeout(1200)
+def test_demo_full_runs_the_longer_chain(tmp_path, capsys):
+    out = tmp_path / "full"
+    args = ["demo", "--full", "--out", str(out), "--no-report"]
+    for s in FULL_QUICK:
+        args += ["--set", s]
+    assert main(args) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["recipe"] == "builtin:demo-full" and all(s["status"] == "done" for s in run["stages"])
+    by = {s["name"]: s for s in run["stages"]}
+    # the random-init baseline has the teacher's shape; the student is narrower and deeper (built from scratch)
+    teacher = json.loads((out / "teacher" / "config.json").read_text())
+    baseline = json.loads((out / "random-sentiment" / "config.json").read_text())
+    student = json.loads((out / "student" / "config.json").read_text())
+    assert (baseline["hidden_size"], baseline["num_hidden_layers"]) == (teacher["hidden_size"],
+                                                                         teacher["num_hidden_layers"])
+    assert student["hidden_size"] < teacher["hidden_size"] and student["num_hidden_layers"] > teacher[
+        "num_hidden_layers"]
+    assert by["student-ner"]["metrics"]["teacher"] == "teacher-ner"
