@@ -374,6 +374,8 @@ stages:
     assert run["status"] == "failed" and by["bad"]["status"] == "failed" and by["bad"]["error"]
     assert by["vocab"]["status"] == "done" and by["corpus"]["status"] == "pending"  # stopped there
     vocab_made = (out / "vocab" / "manifest.json").stat().st_mtime_ns
+    steps = {s["stage"]: (s["action"], s["why"]) for s in plan(load_recipe(str(path)), out)}
+    assert steps["bad"] == ("run", "failed before") and steps["corpus"] == ("run", "new")  # (corpus: never started)
     (tmp_path / "empty.txt").write_text("今天天气很好，我们去公园散步。\n这本书写得很好，值得一看。\n", encoding="utf-8")
     steps = {s["stage"]: (s["action"], s["why"]) for s in plan(load_recipe(str(path)), out)}
     assert steps["vocab"][0] == "up-to-date" and steps["bad"] == ("run", "changed: sources.0 (file changed)")

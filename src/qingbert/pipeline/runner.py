@@ -170,6 +170,9 @@ def plan(recipe: Recipe, run_dir: Path, until: str | None = None, only: str | No
         elif (prev and prev.get("fingerprint") == fp and prev.get("status") in ("running", "failed")
               and kinds()[st.kind].trains and _has_checkpoints(folder)):
             action, why = "resume", f"interrupted ({prev.get('status')}); its checkpoints are this run's"
+        elif prev and prev.get("signature") == sig and prev.get("status") in ("running", "failed", "pending"):
+            action, why = "run", {"running": "interrupted before it finished", "failed": "failed before",
+                                  "pending": "not run yet"}[prev["status"]]
         else:
             action, why = "run", _what_changed((prev or {}).get("signature"), sig) if prev else "new"
         if name not in selected and action != "up-to-date":
