@@ -54,7 +54,6 @@ def screenshot(chromium: str, page: Path, out: Path, width: int, height: int) ->
     """The page rendered at width x height CSS pixels (scale 1), as an RGB array."""
     from PIL import Image
 
-    out.unlink(missing_ok=True)
     cmd = [chromium, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars", "--mute-audio",
            "--force-device-scale-factor=1", "--virtual-time-budget=5000", f"--window-size={width},{height}",
            f"--screenshot={out}", page.resolve().as_uri()]
@@ -99,7 +98,10 @@ def main() -> int:
     ap.add_argument("--width", type=int, default=1280)
     ap.add_argument("--height", type=int, default=4000, help="window height; doubled while charts fall below it")
     ap.add_argument("--install", action="store_true", help="apt-get install -y chromium when it is missing")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = ap.parse_args()
+    if args.out.exists() and not args.overwrite:
+        sys.exit(f"render_report: {args.out} exists (pass --overwrite to replace it)")
 
     page = args.html.read_text(encoding="utf-8")
     expected = count_images(page)
@@ -109,12 +111,13 @@ def main() -> int:
         marked.write_text(re.sub(r"</head>", MARK + "</head>", page, count=1), encoding="utf-8")
         height = args.height
         while True:
-            rgb = screenshot(chromium, marked, args.out, args.width, height)
+            rgb = screenshot(chromium, marked, Path(tmp) / "marked.png", args.width, height)
             boxes = find_charts(rgb)
             if len(boxes) >= expected or height >= 32000:
                 break
             height *= 2  # charts below the window: a taller one
-        screenshot(chromium, args.html, args.out, args.width, height)  # the report as it is, for the eye
+        screenshot(chromium, args.html, Path(tmp) / "page.png", args.width, height)  # the report as it is
+        shutil.move(str(Path(tmp) / "page.png"), str(args.out))
 
     whole = measure(rgb)
     print(f"{args.out}: {rgb.shape[1]}x{rgb.shape[0]} px, {100 * whole['ink']:.1f}% non-white, "

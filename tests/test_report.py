@@ -305,10 +305,12 @@ def test_without_matplotlib_and_bench_table(tmp_path, monkeypatch):
 def test_rerun_replaces_charts(tmp_path):
     run_dir = make_run(tmp_path, _stages()[:2])
     assert write_report(run_dir)["figures"] == ["curves-00-teacher", "sizes"]
+    (run_dir / "report-figures" / "my-notes.png").write_bytes(b"not ours")  # a file the report did not make
     (run_dir / "teacher" / "metrics.jsonl").unlink()
     second = write_report(run_dir)["figures"]
     assert second == ["sizes"]
-    assert sorted(p.stem for p in (run_dir / "report-figures").glob("*.png")) == sorted(second)
+    assert sorted(p.stem for p in (run_dir / "report-figures").glob("*.png")) == sorted(second + ["my-notes"])
+    assert (run_dir / "report-figures" / "my-notes.png").read_bytes() == b"not ours"
 
 
 def test_missing_or_damaged_run_json(tmp_path):
@@ -325,7 +327,7 @@ def test_missing_or_damaged_run_json(tmp_path):
 
 
 def test_cli_run_report(tmp_path, capsys):
-    from qingbert.cli.report import COMMANDS, run_report
+    from qingbert.cli.pipeline import COMMANDS, run_report
 
     parser = argparse.ArgumentParser(prog="qingbert")
     sub = parser.add_subparsers(dest="verb")

@@ -1,7 +1,7 @@
 """``qingbert <verb>``: the parser of every verb and the one error boundary.
 
 Each group module (``data``, ``pretraining``, ``tasks``, ``distillation``, ``embeddings``, ``deploy``, ``serve``,
-``pipeline``, ``report``) registers its verbs the same way: ``COMMANDS[verb](subparsers)`` adds the verb's parser with
+``pipeline``) registers its verbs the same way: ``COMMANDS[verb](subparsers)`` adds the verb's parser with
 ``set_defaults(run=...)``, and ``run(args)`` calls one API function.  User errors
 (:class:`~qingbert.errors.QingbertError`, and the expected failures of libraries that
 :func:`~qingbert.errors.explain` recognises) print one line and exit with status 2; anything else is a bug: one line,
@@ -15,14 +15,13 @@ import os
 import sys
 
 from qingbert import __version__
-from qingbert.cli import data, deploy, distillation, embeddings, pipeline, pretraining, report, serve, tasks
+from qingbert.cli import data, deploy, distillation, embeddings, pipeline, pretraining, serve, tasks
 from qingbert.errors import QingbertError, explain
 from qingbert.models.loading import silence_transformers
 
 #: verb -> the function that adds its parser
 COMMANDS = {**data.COMMANDS, **pretraining.COMMANDS, **tasks.COMMANDS, **distillation.COMMANDS,
-            **embeddings.COMMANDS, **deploy.COMMANDS, **serve.COMMANDS, **pipeline.COMMANDS,
-            **report.COMMANDS}
+            **embeddings.COMMANDS, **deploy.COMMANDS, **serve.COMMANDS, **pipeline.COMMANDS}
 #: the order of ``qingbert --help``
 ORDER = ("run", "report", "demo", "zoo", "prepare", "vocab", "pretrain", "fill-mask", "finetune", "predict", "export", "speed", "distill",
          "bench", "encode", "whiten", "simcse", "eval-sts", "index", "serve", "prune-vocab", "similar-words")

@@ -1,10 +1,11 @@
-"""The ``run`` and ``demo`` verbs: the whole chain from one recipe file."""
+"""The ``run``, ``demo`` and ``report`` verbs: the whole chain from one recipe file, and its report."""
 
 from __future__ import annotations
 
 HELP = {
     "run": "run a recipe: the stages of the chain from one YAML file, resumable, with a report",
     "demo": "the pipeline on the built-in Chinese data (= qingbert run builtin:demo)",
+    "report": "a run folder -> report.html (tables + charts, one offline file) and report.md",
 }
 RUN_EPILOG = """\
 A recipe names the stages and their options; ${stage} is that stage's output folder:
@@ -68,4 +69,19 @@ def run_demo(args) -> int:
     return _run("builtin:demo-full" if args.full else "builtin:demo", args)
 
 
-COMMANDS = {"run": add_run, "demo": add_demo}
+def add_report(sub) -> None:
+    p = sub.add_parser("report", help=HELP["report"], description=HELP["report"])
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the folder `qingbert run` wrote (it holds run.json)")
+    p.set_defaults(run=run_report)
+
+
+def run_report(args) -> int:
+    from qingbert.pipeline.report import write_report
+
+    res = write_report(args.run_dir)
+    print(f"wrote {res['html']} ({len(res['figures'])} charts inside; open it in a browser)")
+    print(f"wrote {res['markdown']} (charts in {res['markdown'].parent / 'report-figures'})")
+    return 0
+
+
+COMMANDS = {"run": add_run, "demo": add_demo, "report": add_report}

@@ -95,8 +95,6 @@ class Stage:
     kind: str
     inputs: dict  # as written (``${...}`` unresolved)
     options: dict
-    line: int  # the stage's line in the recipe
-    lines: dict  # key -> line
     depends: list[str] = field(default_factory=list)
 
     @property
@@ -113,9 +111,6 @@ class Recipe:
     out: str | None
     stages: dict[str, Stage]  # in the order they run (dependencies first)
     description: str = ""
-
-    def where(self, line: int | None) -> str:
-        return f"{self.source}:{line}" if line else self.source
 
 
 # ---------------------------------------------------------------------------
@@ -281,8 +276,7 @@ def load_recipe(source: str | Path, sets: list[str] = ()) -> Recipe:
         for key in spec.required:
             if inputs.get(key) in (None, "", []):
                 raise err(at, f"stage '{name}' ({kind}): missing '{key}'")
-        stage_lines = {k: lines.get(tuple(at + [k])) for k in body}
-        stages[name] = Stage(name, kind, inputs, options, lines.get(tuple(at)) or 0, stage_lines)
+        stages[name] = Stage(name, kind, inputs, options)
     recipe = Recipe(source, path, data.get("name") or (path.stem if not source.startswith("builtin:") else
                                                         source.split(":", 1)[1]),
                     data.get("out"), {}, data.get("description") or "")
@@ -338,7 +332,7 @@ LOCAL = re.compile(r"^(/|\./|\.\./|~)")
 def _is_zoo(name: str) -> bool:
     from qingbert.models import zoo
 
-    return name.lower() in zoo.ZOO or name.lower() in getattr(zoo, "ALIASES", {})
+    return zoo.lookup(name) is not None
 
 
 def check_stage(st: Stage, spec: Kind, recipe: Recipe, err) -> None:

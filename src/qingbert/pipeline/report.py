@@ -29,6 +29,7 @@ from qingbert.manifest import atomic_write_text, read_json, read_manifest
 RUN_FORMAT = "qingbert.run/1"
 TRAINING_KINDS = ("pretrain", "finetune", "distill")
 FIGURES = "report-figures"
+OWN_FIGURE = re.compile(r"^(curves-\d{2}-.+|pareto|sizes)$")  # the names of the charts this module writes
 COLOURS = {"done": "#1a7f37", "up-to-date": "#1a7f37", "failed": "#cf222e", "running": "#0969da",
            "partial": "#9a6700", "pending": "#6e7781", "skipped": "#6e7781"}
 
@@ -467,8 +468,8 @@ def write_report(run_dir: str | Path) -> dict:
     version = qingbert_version(run_dir, run["stages"])
     fig_dir = run_dir / FIGURES
     fig_dir.mkdir(exist_ok=True)
-    for old in fig_dir.glob("*.png"):  # the charts of an earlier report of this folder
-        if old.stem not in charts:
+    for old in fig_dir.glob("*.png"):  # charts an earlier report of this folder made (by their names) and no longer
+        if old.stem not in charts and OWN_FIGURE.match(old.stem):
             old.unlink()
     for name, png in charts.items():
         tmp = fig_dir / f".{name}.tmp-{os.getpid()}"

@@ -18,7 +18,7 @@ from pathlib import Path
 from qingbert.errors import QingbertError
 from qingbert.manifest import atomic_write_text, read_json, read_manifest, write_manifest
 from qingbert.pipeline.recipe import REF, Recipe, Stage, build_configs, kinds, load_recipe
-from qingbert.pipeline.report import RUN_FORMAT
+from qingbert.pipeline.report import RUN_FORMAT, folder_size
 
 SERVE_FORMAT = "qingbert.serve-check/1"
 RUN_JSON = "run.json"
@@ -152,6 +152,7 @@ def plan(recipe: Recipe, run_dir: Path, until: str | None = None, only: str | No
     previous = {s["name"]: s for s in (read_run(run_dir) or {}).get("stages", [])}
     fps: dict[str, str] = {}
     steps = []
+    table = kinds()
     for name, st in recipe.stages.items():
         sig = signature(st, run_dir, recipe, fps)
         fps[name] = fp = fingerprint(sig)
@@ -168,7 +169,7 @@ def plan(recipe: Recipe, run_dir: Path, until: str | None = None, only: str | No
         if done and not upstream_stale:
             action, why = "up-to-date", "its folder's manifest has this fingerprint"
         elif (prev and prev.get("fingerprint") == fp and prev.get("status") in ("running", "failed")
-              and kinds()[st.kind].trains and _has_checkpoints(folder)):
+              and table[st.kind].trains and _has_checkpoints(folder)):
             action, why = "resume", f"interrupted ({prev.get('status')}); its checkpoints are this run's"
         elif prev and prev.get("signature") == sig and prev.get("status") in ("running", "failed", "pending"):
             action, why = "run", {"running": "interrupted before it finished", "failed": "failed before",
@@ -258,14 +259,14 @@ def run_recipe(source: str | Path, out: str | Path | None = None, *, until: str 
             raise
         _mark_done(run_dir / st.name, recipe, st, step["fingerprint"])
         rec.update(status="done", duration_s=round(time.time() - t0, 1), metrics=metrics,
-                   size_bytes=_size(run_dir / st.name))
+                   size_bytes=folder_size(run_dir / st.name))
         _write_run(run_dir, record)
     for rec in record["stages"]:  # metrics and sizes of every stage, for the report
         folder = run_dir / rec["name"]
         if rec.get("status") == "up-to-date" and not rec.get("metrics"):
             rec["metrics"] = collect_metrics(recipe.stages[rec["name"]], folder, run_dir)
         if folder.exists():
-            rec["size_bytes"] = _size(folder)
+            rec["size_bytes"] = folder_size(folder)
     if any(s["action"] in ("run", "resume") for s in steps):
         measure_models(record, run_dir, echo=echo)
     selected_all = all(s["action"] != "not selected" for s in steps)
@@ -291,10 +292,6 @@ def _mark_done(folder: Path, recipe: Recipe, st: Stage, fp: str) -> None:
     m = read_manifest(folder) or {"format": SERVE_FORMAT if st.kind == "serve" else "qingbert.stage/1"}
     m["run"] = {"recipe": recipe.source, "stage": st.name, "kind": st.kind, "fingerprint": fp}
     write_manifest(folder, m)
-
-
-def _size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
 
 
 def summary(record: dict) -> str:
@@ -566,6 +563,16 @@ def measure_models(record: dict, run_dir: Path, rounds: int = 2, repeats: int = 
              + ", ".join(f"{k} {v:,.0f}" for k, v in best.items()))
 
 
+def _params(folder: Path) -> int | None:
+    """Parameters of the folder's encoder (bench's count: from the config, no weights loaded)."""
+    from qingbert.tasks.bench import count_params
+
+    try:
+        return count_params(str(folder))
+    except QingbertError:
+        return None
+
+
 def collect_metrics(st: Stage, folder: Path, run_dir: Path) -> dict:
     m = _safe_manifest(folder if not (st.kind == "distill" and "assistant" in st.inputs) else folder / "student")
     if not m:
@@ -590,7 +597,7 @@ def collect_metrics(st: Stage, folder: Path, run_dir: Path) -> dict:
     if k in ("finetune", "distill"):
         dev = m.get("dev") or {}
         out = {"task": m.get("task") or st.inputs.get("task"), "metric": dev.get("metric"), "score": dev.get("score"),
-               "parameters": m.get("parameters") or _count(folder)}
+               "parameters": m.get("parameters") or _params(folder)}
         if k == "distill":
             out["stage"] = "task"
             teacher = st.inputs.get("teacher")
@@ -615,34 +622,13 @@ def collect_metrics(st: Stage, folder: Path, run_dir: Path) -> dict:
                 or m.get("task"), "metric": (m.get("dev") or {}).get("metric"),
                 "scores": {b: s for b, s in scores.items() if s is not None},
                 "speed": {b: r.get("seq_per_s") for b, r in backends.items()}, "files": files,
-                "parameters": m.get("parameters") or _count(folder)}
+                "parameters": m.get("parameters") or _params(folder)}
     if k == "index":
         return {"count": m.get("count"), "dim": m.get("dim"), "factory": m.get("factory")}
     if k == "serve":
         return {"requests": m.get("requests"), "latency_ms": m.get("latency_ms"), "backend": m.get("backend"),
                 "route": m.get("route")}
     return {}
-
-
-def _count(folder: Path) -> int | None:
-    """Parameters in the folder's safetensors weights (read from the header, no tensors loaded)."""
-    path = folder / "model.safetensors"
-    if not path.is_file():
-        return None
-    try:
-        with open(path, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(n))
-        total = 0
-        for k, v in header.items():
-            if k != "__metadata__":
-                size = 1
-                for d in v["shape"]:
-                    size *= d
-                total += size
-        return total
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 __all__ = ["run_recipe", "plan", "format_plan", "run_stage", "summary", "output_dir", "RUN_FORMAT"]
